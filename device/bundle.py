@@ -1,0 +1,298 @@
+"""The model bundle: the one contract between the host and the box.
+
+A bundle is a directory (or a ``.pedal`` tar archive of one) holding
+
+    manifest.json          what this file's ``Manifest`` describes (schema below)
+    step_<precision>.tflite  the streaming step model(s): hop samples + knobs + state -> hop samples + state
+    golden.npz             input audio, knob automation (physical units, one row per hop) and the
+                           PyTorch reference output, so a box can prove it computes what the host did
+
+The device side owns this format because it must stand alone on the Pi: this module imports only
+the standard library and numpy. ``convert/`` writes bundles with ``write_bundle``; the daemon and
+the self-test read them with ``load_bundle``, which refuses a bundle whose schema version,
+checksums, files or shapes do not match, with a message that names what is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .knobspec import KnobSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+ARCHIVE_SUFFIX = ".pedal"
+PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+
+
+class BundleError(Exception):
+    """A bundle that must not be run; the message names the file, field or value at fault."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class TensorInfo:
+    name: str  # name in the TFLite model (signature input name or tensor name)
+    shape: list[int]
+    dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "TensorInfo":
+        try:
+            return cls(name=str(d["name"]), shape=[int(s) for s in d["shape"]], dtype=str(d.get("dtype", "float32")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{where}: malformed tensor description {d!r} ({e})") from None
+
+
+@dataclass
+class ModelEntry:
+    """One TFLite file of the bundle: the step model in one precision."""
+    precision: str
+    file: str
+    inputs: dict[str, TensorInfo]  # role ("audio", "knobs", "state") -> tensor
+    outputs: dict[str, TensorInfo]  # role ("audio", "state") -> tensor
+    quantization: dict = field(default_factory=dict)
+    verified: dict = field(default_factory=dict)  # SNR vs PyTorch etc., measured by convert/
+
+    def to_dict(self) -> dict:
+        return {
+            "precision": self.precision, "file": self.file,
+            "inputs": {k: vars(v) for k, v in self.inputs.items()},
+            "outputs": {k: vars(v) for k, v in self.outputs.items()},
+            "quantization": self.quantization, "verified": self.verified,
+        }
+
+
+@dataclass
+class Manifest:
+    effect: str
+    knobs: list[KnobSpec]
+    sample_rate: int
+    hop: int
+    latency_samples: int
+    state_size: int
+    state_layout: list[dict]  # [{"name", "offset", "size", "shape"}], slices of the flat state
+    models: dict[str, ModelEntry]  # precision -> entry
+    default_precision: str
+    files: dict[str, str]  # file name -> sha256, every file of the bundle but the manifest
+    tolerances: dict[str, dict]  # precision -> {"snr_db_min": ...} that the on-device test must meet
+    golden: dict  # {"file": "golden.npz", "seconds": ...}
+    training: dict = field(default_factory=dict)  # metrics and provenance
+    description: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "effect": self.effect,
+            "description": self.description,
+            "knobs": [k.to_dict() for k in self.knobs],
+            "sample_rate": self.sample_rate,
+            "hop": self.hop,
+            "latency_samples": self.latency_samples,
+            "state": {"size": self.state_size, "layout": self.state_layout},
+            "models": {p: m.to_dict() for p, m in self.models.items()},
+            "default_precision": self.default_precision,
+            "files": self.files,
+            "tolerances": self.tolerances,
+            "golden": self.golden,
+            "training": self.training,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = MANIFEST) -> "Manifest":
+        if not isinstance(d, dict):
+            raise BundleError(f"{where}: expected a JSON object at the top level")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"{where}: schema_version {version!r} is not supported (this device reads {SCHEMA_VERSION})")
+
+        def need(key, typ):
+            if key not in d:
+                raise BundleError(f"{where}: missing field {key!r}")
+            if not isinstance(d[key], typ):
+                raise BundleError(f"{where}: field {key!r} should be {typ.__name__}, got {d[key]!r}")
+            return d[key]
+
+        try:
+            knobs = [KnobSpec.from_dict(k, f"{where}: knobs[{i}]") for i, k in enumerate(need("knobs", list))]
+        except ValueError as e:
+            raise BundleError(str(e)) from None
+        state = need("state", dict)
+        models = {}
+        for prec, m in need("models", dict).items():
+            w = f"{where}: models.{prec}"
+            if prec not in PRECISIONS:
+                raise BundleError(f"{w}: unknown precision (known: {PRECISIONS})")
+            for key in ("file", "inputs", "outputs"):
+                if key not in m:
+                    raise BundleError(f"{w}: missing field {key!r}")
+            models[prec] = ModelEntry(
+                precision=prec, file=str(m["file"]),
+                inputs={r: TensorInfo.from_dict(t, f"{w}.inputs.{r}") for r, t in m["inputs"].items()},
+                outputs={r: TensorInfo.from_dict(t, f"{w}.outputs.{r}") for r, t in m["outputs"].items()},
+                quantization=m.get("quantization", {}), verified=m.get("verified", {}))
+            for role in ("audio", "knobs", "state"):
+                if role not in models[prec].inputs:
+                    raise BundleError(f"{w}.inputs: missing role {role!r}")
+            for role in ("audio", "state"):
+                if role not in models[prec].outputs:
+                    raise BundleError(f"{w}.outputs: missing role {role!r}")
+        man = cls(
+            effect=need("effect", str), description=d.get("description", ""), knobs=knobs,
+            sample_rate=int(need("sample_rate", int)), hop=int(need("hop", int)),
+            latency_samples=int(need("latency_samples", int)),
+            state_size=int(state.get("size", -1)), state_layout=list(state.get("layout", [])),
+            models=models, default_precision=need("default_precision", str), files=need("files", dict),
+            tolerances=need("tolerances", dict), golden=need("golden", dict), training=d.get("training", {}),
+        )
+        man._check_shapes(where)
+        return man
+
+    def _check_shapes(self, where: str) -> None:
+        """The shapes every model declares must agree with hop, knob count and state size."""
+        if self.default_precision not in self.models:
+            raise BundleError(f"{where}: default_precision {self.default_precision!r} has no model (have {sorted(self.models)})")
+        if self.hop <= 0 or self.sample_rate <= 0 or self.state_size <= 0:
+            raise BundleError(f"{where}: hop {self.hop}, sample_rate {self.sample_rate} and state.size {self.state_size} must be positive")
+        used = sum(int(s["size"]) for s in self.state_layout)
+        if self.state_layout and used != self.state_size:
+            raise BundleError(f"{where}: state.layout covers {used} values but state.size is {self.state_size}")
+        want = {"audio": [1, self.hop], "knobs": [1, len(self.knobs)], "state": [1, self.state_size]}
+        for prec, m in self.models.items():
+            for side, tensors in (("inputs", m.inputs), ("outputs", m.outputs)):
+                for role, t in tensors.items():
+                    if role in want and t.shape != want[role]:
+                        raise BundleError(f"{where}: models.{prec}.{side}.{role} has shape {t.shape}, expected {want[role]}")
+
+
+@dataclass
+class Bundle:
+    root: Path  # the directory the files live in (an archive is unpacked to a private temp dir)
+    manifest: Manifest
+
+    def path(self, file: str) -> Path:
+        return self.root / file
+
+    def model(self, precision: str | None = None) -> ModelEntry:
+        precision = precision or self.manifest.default_precision
+        if precision not in self.manifest.models:
+            raise BundleError(f"{self.root}: no {precision!r} model in this bundle (have {sorted(self.manifest.models)})")
+        return self.manifest.models[precision]
+
+    def golden(self) -> dict:
+        import numpy as np
+        with np.load(self.path(self.manifest.golden["file"])) as z:
+            return {k: z[k] for k in z.files}
+
+    def card(self) -> str:
+        """A human-readable summary: what `python -m device inspect` prints."""
+        m = self.manifest
+        lines = [f"bundle   {self.root}", f"effect   {m.effect}  {m.description}".rstrip(),
+                 f"audio    {m.sample_rate} Hz, hop {m.hop} samples, latency {m.latency_samples} samples "
+                 f"({1000 * m.latency_samples / m.sample_rate:.2f} ms)",
+                 f"state    {m.state_size} floats in {len(m.state_layout)} parts", "knobs"]
+        for k in m.knobs:
+            lines.append(f"  {k.name:<16} {k.minimum:g}..{k.maximum:g} {k.unit:<4} default {k.default:g} ({k.taper})")
+        lines.append("models")
+        for p, e in m.models.items():
+            size = self.path(e.file).stat().st_size if self.path(e.file).exists() else 0
+            ver = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in e.verified.items())
+            star = "*" if p == m.default_precision else " "
+            lines.append(f" {star}{p:<13} {e.file:<26} {size / 1024:8.1f} KiB  {ver}")
+        if m.training:
+            met = m.training.get("metrics", {})
+            lines.append("training " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in met.items()))
+        return "\n".join(lines)
+
+
+def _unpack_archive(archive: Path) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="pedal-bundle-"))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                if not member.isfile() or "/" in member.name.strip("./") or member.name.startswith(("/", "..")):
+                    raise BundleError(f"{archive}: unexpected archive member {member.name!r} (a bundle is a flat set of files)")
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise BundleError(f"{archive}: not a readable bundle archive ({e})") from None
+    except BundleError:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return dest
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and verify a bundle (directory or .pedal archive). Raises BundleError naming the fault."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle")
+    root = _unpack_archive(path) if path.is_file() else path
+    man_path = root / MANIFEST
+    if not man_path.is_file():
+        raise BundleError(f"{path}: missing {MANIFEST}")
+    try:
+        data = json.loads(man_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}/{MANIFEST}: not valid JSON ({e})") from None
+    man = Manifest.from_dict(data, f"{path}/{MANIFEST}")
+    needed = {e.file for e in man.models.values()} | {man.golden.get("file", "")}
+    for f in sorted(needed - set(man.files)):
+        raise BundleError(f"{path}/{MANIFEST}: file {f!r} is used but has no checksum in 'files'")
+    for name, digest in man.files.items():
+        fp = root / name
+        if not fp.is_file():
+            raise BundleError(f"{path}: missing file {name!r}")
+        actual = sha256_file(fp)
+        if actual != digest:
+            raise BundleError(f"{path}: checksum mismatch for {name!r} (manifest {digest[:12]}..., file {actual[:12]}...)")
+    return Bundle(root=root, manifest=man)
+
+
+def write_bundle(dest: str | os.PathLike, manifest: Manifest, files: dict[str, Path], archive: bool = True) -> Path:
+    """Write a bundle atomically: files are copied into a temp dir beside ``dest``, checksummed
+    into the manifest, and the dir is renamed into place (never a half-written bundle).
+    With ``archive`` a ``dest.pedal`` tar file is written the same way. Returns the directory."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        manifest.files = {}
+        for name, src in files.items():
+            shutil.copyfile(src, tmp / name)
+            manifest.files[name] = sha256_file(tmp / name)
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+        Manifest.from_dict(json.loads((tmp / MANIFEST).read_text()))  # what we write, we can read
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if archive:
+        arc = dest.with_suffix(ARCHIVE_SUFFIX)
+        tmp_arc = arc.with_name(f".{arc.name}.tmp")
+        with tarfile.open(tmp_arc, "w") as tar:
+            for f in sorted(p.name for p in dest.iterdir()):
+                tar.add(dest / f, arcname=f)
+        os.replace(tmp_arc, arc)
+    return dest

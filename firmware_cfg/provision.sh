@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# provision.sh: turn a fresh Raspberry Pi OS Lite (bookworm, 64-bit) into the SignalTrain-Pi pedal.
+#
+# Run on the Pi, as root, from a copy of this repository:
+#   sudo ./firmware_cfg/provision.sh                  # everything; then reboot
+#   sudo ./firmware_cfg/provision.sh --dry-run        # print what it would do, change nothing
+#
+# What it does (each step is safe to repeat; running it again updates the code and the units):
+#   1. apt: python3-venv, python3-dev, libasound2-dev, gcc, alsa-utils, ... (pyalsaaudio builds
+#      from source against alsa-lib)
+#   2. a system user "pedal" in groups audio, gpio, spi, i2c; the login user joins group "pedal"
+#      so that it may copy bundles into /var/lib/pedal/bundles
+#   3. device/ -> /opt/pedal/device, requirements/device.txt -> /opt/pedal/requirements/
+#   4. /opt/pedal/venv: python3 -m venv, pip install -r requirements/device.txt
+#   5. /etc/pedal/pedal.toml (kept if you edited it), /etc/asound.conf, limits.d, systemd units,
+#      NetworkManager Wi-Fi power saving off, the boot config block in /boot/firmware/config.txt
+#   6. systemctl enable pedal.service pedal-cpu-performance.service
+#
+# Options:
+#   --dry-run          print every action instead of doing it
+#   --user NAME        the login user to add to group "pedal" (default: $SUDO_USER, else uid 1000)
+#   --bundle FILE      also install this .pedal bundle into /var/lib/pedal/bundles (repeatable)
+#   --no-apt           skip step 1 (packages already installed, or no network)
+#   --no-venv          skip step 4
+#   --no-boot-config   leave config.txt alone
+#   -h, --help
+#
+# Environment:
+#   DESTDIR=/some/dir  install the files under that folder instead of /, as a packager would:
+#                      no root needed, and the steps that cannot be redirected (apt, user
+#                      accounts, ownership, the venv, starting services) are reported and skipped.
+#                      Units are enabled with `systemctl --root`.
+#   PEDAL_SRC=/path    the repository to install from (default: the folder above this script)
+set -euo pipefail
+
+SRC_DIR="${PEDAL_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+CFG_DIR="$SRC_DIR/firmware_cfg"
+DESTDIR="${DESTDIR:-}"
+DESTDIR="${DESTDIR%/}"          # "/" and "" both mean this system
+
+PEDAL_USER=pedal
+OPT_DIR=/opt/pedal
+ETC_DIR=/etc/pedal
+STATE_DIR=/var/lib/pedal
+UNITS=(pedal.service pedal-selftest.service pedal-cpu-performance.service)
+ENABLED_UNITS=(pedal-cpu-performance.service pedal.service)
+APT_PACKAGES=(python3-venv python3-dev libasound2-dev gcc alsa-utils libsndfile1 i2c-tools)
+# From the Raspberry Pi archive (absent on plain Debian): the pin libraries gpiozero drives.
+APT_OPTIONAL=(python3-lgpio python3-spidev)
+HARDWARE_GROUPS=(audio gpio spi i2c)
+
+DRY_RUN=0
+DO_APT=1
+DO_VENV=1
+DO_BOOT=1
+LOGIN_USER=""
+BUNDLES=()
+
+say()  { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+warn() { printf 'provision.sh: warning: %s\n' "$*" >&2; }
+die()  { printf 'provision.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+# Every change goes through run: printed always, executed unless --dry-run.
+run() {
+    printf '    + %s\n' "$*"
+    if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+}
+
+# The path on the target: /etc/x, or $DESTDIR/etc/x when staging.
+target() { printf '%s%s' "$DESTDIR" "$1"; }
+
+staging() { [[ -n $DESTDIR ]]; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --dry-run) DRY_RUN=1 ;;
+        --no-apt) DO_APT=0 ;;
+        --no-venv) DO_VENV=0 ;;
+        --no-boot-config) DO_BOOT=0 ;;
+        --user) [[ $# -ge 2 ]] || die "--user needs a name"; LOGIN_USER="$2"; shift ;;
+        --user=*) LOGIN_USER="${1#--user=}" ;;
+        --bundle) [[ $# -ge 2 ]] || die "--bundle needs a file"; BUNDLES+=("$2"); shift ;;
+        --bundle=*) BUNDLES+=("${1#--bundle=}") ;;
+        -h|--help) usage; exit 0 ;;
+        *) die "unknown option '$1' (try --help)" ;;
+    esac
+    shift
+done
+
+# --- preflight ---------------------------------------------------------------------------------
+
+[[ -d $SRC_DIR/device ]] || die "no device/ package under $SRC_DIR (set PEDAL_SRC to the repository)"
+[[ -f $SRC_DIR/requirements/device.txt ]] || die "missing $SRC_DIR/requirements/device.txt"
+for f in pedal.toml asound.conf 99-pedal-realtime.conf config.txt.append \
+         NetworkManager/99-pedal-wifi-powersave.conf "${UNITS[@]/#/systemd/}"; do
+    [[ -f $CFG_DIR/$f ]] || die "missing $CFG_DIR/$f"
+done
+for b in "${BUNDLES[@]}"; do
+    [[ -e $b ]] || die "bundle $b does not exist"
+done
+if [[ $DRY_RUN == 0 && $EUID -ne 0 ]] && ! staging; then
+    die "run as root (sudo $0), or with --dry-run to see what it would do"
+fi
+if staging; then
+    [[ -d $DESTDIR ]] || die "DESTDIR=$DESTDIR is not a folder"
+    DO_APT=0; DO_VENV=0
+fi
+if [[ $DRY_RUN == 1 ]]; then say "dry run: nothing is changed"; fi
+say "installing the pedal from $SRC_DIR into ${DESTDIR:-/}"
+arch="$(uname -m)"
+if [[ $arch != aarch64 ]] && ! staging; then
+    warn "this machine is $arch; the pedal targets a 64-bit Raspberry Pi OS (aarch64)"
+fi
+
+# Copy a file to the target if it differs; mode and a one-time backup of a foreign original.
+install_file() {  # src dest mode
+    local src="$1" dest; dest="$(target "$2")"
+    if [[ -f $dest ]] && cmp -s "$src" "$dest"; then
+        note "$2 is up to date"
+        return
+    fi
+    if [[ -f $dest && ! -f $dest.pedal-orig ]] && ! grep -q "SignalTrain-Pi" "$dest"; then
+        run cp -p "$dest" "$dest.pedal-orig"   # someone else's file: keep it once
+    fi
+    run install -D -m "$3" "$src" "$dest"
+}
+
+# --- 1. packages -------------------------------------------------------------------------------
+
+say "1/6 packages"
+if [[ $DO_APT == 1 ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    run apt-get update
+    run apt-get install -y --no-install-recommends "${APT_PACKAGES[@]}"
+    for pkg in "${APT_OPTIONAL[@]}"; do
+        if apt-cache show "$pkg" >/dev/null 2>&1; then
+            run apt-get install -y --no-install-recommends "$pkg"
+        else
+            warn "$pkg is not in the apt sources (not Raspberry Pi OS?); gpiozero will look for another pin library"
+        fi
+    done
+else
+    note "skipped${DESTDIR:+ (DESTDIR set)}: apt-get install ${APT_PACKAGES[*]} ${APT_OPTIONAL[*]}"
+fi
+
+# --- 2. users ----------------------------------------------------------------------------------
+
+say "2/6 user '$PEDAL_USER'"
+if [[ -z $LOGIN_USER ]]; then
+    LOGIN_USER="${SUDO_USER:-}"
+    if [[ $LOGIN_USER == root ]]; then LOGIN_USER=""; fi
+    if [[ -z $LOGIN_USER ]]; then LOGIN_USER="$(getent passwd 1000 | cut -d: -f1 || true)"; fi
+fi
+if staging; then
+    note "skipped (DESTDIR set): useradd --system $PEDAL_USER, groups ${HARDWARE_GROUPS[*]}"
+else
+    for g in "${HARDWARE_GROUPS[@]}"; do
+        if ! getent group "$g" >/dev/null; then
+            warn "group $g does not exist (not Raspberry Pi OS?); creating it, but no udev rule gives it its devices"
+            run groupadd --system "$g"
+        fi
+    done
+    if ! getent group "$PEDAL_USER" >/dev/null; then
+        run groupadd --system "$PEDAL_USER"
+    fi
+    groups_csv="$(IFS=,; echo "${HARDWARE_GROUPS[*]}")"
+    if id "$PEDAL_USER" >/dev/null 2>&1; then
+        run usermod --gid "$PEDAL_USER" --append --groups "$groups_csv" "$PEDAL_USER"
+    else
+        run useradd --system --gid "$PEDAL_USER" --groups "$groups_csv" --home-dir "$STATE_DIR" \
+            --no-create-home --shell /usr/sbin/nologin --comment "SignalTrain-Pi pedal daemon" "$PEDAL_USER"
+    fi
+    if [[ -n $LOGIN_USER ]] && id "$LOGIN_USER" >/dev/null 2>&1; then
+        # Bundles copied over ssh land in /var/lib/pedal/bundles; audio lets the user run tools.
+        run usermod --append --groups "$PEDAL_USER,audio" "$LOGIN_USER"
+    else
+        note "no login user to add to group $PEDAL_USER (use --user NAME)"
+    fi
+fi
+
+# --- 3. code -----------------------------------------------------------------------------------
+
+say "3/6 code into $OPT_DIR"
+opt="$(target "$OPT_DIR")"
+run mkdir -p "$opt/requirements" "$opt/firmware_cfg"
+# A fresh copy beside the old one, then swapped in: never a half-copied package.
+run rm -rf "$opt/device.new"
+run cp -r "$SRC_DIR/device" "$opt/device.new"
+run find "$opt/device.new" -name __pycache__ -prune -exec rm -rf {} +
+run rm -rf "$opt/device"
+run mv -T "$opt/device.new" "$opt/device"
+run install -m 0644 "$SRC_DIR/requirements/device.txt" "$opt/requirements/device.txt"
+run install -m 0644 "$CFG_DIR/README.md" "$opt/firmware_cfg/README.md"
+
+# --- 4. venv -----------------------------------------------------------------------------------
+
+say "4/6 Python environment $OPT_DIR/venv"
+venv="$OPT_DIR/venv"
+if [[ $DO_VENV == 1 ]]; then
+    if [[ ! -x $venv/bin/python ]]; then
+        # System site packages: lgpio and spidev come from apt (built for the Pi's kernel).
+        run python3 -m venv --system-site-packages "$venv"
+    else
+        note "$venv exists; updating its packages"
+    fi
+    run "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip
+    run "$venv/bin/python" -m pip install --disable-pip-version-check -r "$OPT_DIR/requirements/device.txt"
+    run "$venv/bin/python" -m compileall -q "$OPT_DIR/device"
+    run env PYTHONPATH="$OPT_DIR" "$venv/bin/python" -c "import device.config, device.bundle"
+else
+    note "skipped${DESTDIR:+ (DESTDIR set: build the venv on the target)}: python3 -m venv --system-site-packages $venv; pip install -r $OPT_DIR/requirements/device.txt"
+fi
+
+# --- 5. configuration --------------------------------------------------------------------------
+
+say "5/6 configuration"
+# The daemon config is the user's once installed: never overwrite an edited one.
+toml="$(target "$ETC_DIR/pedal.toml")"
+if [[ ! -f $toml ]]; then
+    run install -D -m 0644 "$CFG_DIR/pedal.toml" "$toml"
+elif cmp -s "$CFG_DIR/pedal.toml" "$toml"; then
+    note "$ETC_DIR/pedal.toml is up to date"
+else
+    note "$ETC_DIR/pedal.toml has local edits: kept; the shipped one goes to pedal.toml.dist"
+    run install -D -m 0644 "$CFG_DIR/pedal.toml" "$toml.dist"
+fi
+if [[ $DO_VENV == 1 ]]; then  # the daemon would refuse a bad config at start: say so now
+    if ! run env PYTHONPATH="$OPT_DIR" "$venv/bin/python" -c \
+            "from device.config import load_config; load_config('$ETC_DIR/pedal.toml')"; then
+        warn "$ETC_DIR/pedal.toml is refused (the lines above say why); the pedal will not start until it is fixed"
+    fi
+fi
+install_file "$CFG_DIR/asound.conf" /etc/asound.conf 0644
+install_file "$CFG_DIR/99-pedal-realtime.conf" /etc/security/limits.d/99-pedal-realtime.conf 0644
+install_file "$CFG_DIR/NetworkManager/99-pedal-wifi-powersave.conf" \
+    /etc/NetworkManager/conf.d/99-pedal-wifi-powersave.conf 0644
+for u in "${UNITS[@]}"; do
+    install_file "$CFG_DIR/systemd/$u" "/etc/systemd/system/$u" 0644
+done
+
+bundles="$(target "$STATE_DIR/bundles")"
+run mkdir -p "$bundles"
+# setgid group pedal: what the login user copies in stays readable by the daemon.
+run chmod 2775 "$(target "$STATE_DIR")" "$bundles"
+if ! staging; then
+    run chown "$PEDAL_USER:$PEDAL_USER" "$STATE_DIR" "$bundles"
+fi
+for b in "${BUNDLES[@]}"; do
+    if [[ -d $b ]]; then
+        run cp -r "$b" "$bundles/"
+    else
+        run install -m 0664 "$b" "$bundles/$(basename "$b")"
+    fi
+    staging || run chown -R "$PEDAL_USER:$PEDAL_USER" "$bundles/$(basename "$b")"
+done
+
+if [[ $DO_BOOT == 1 ]]; then
+    boot=""
+    for c in /boot/firmware/config.txt /boot/config.txt; do
+        if [[ -f $(target "$c") ]]; then boot="$c"; break; fi
+    done
+    if [[ -z $boot ]]; then
+        warn "no /boot/firmware/config.txt or /boot/config.txt${DESTDIR:+ under $DESTDIR}: boot config not changed"
+    else
+        bootfile="$(target "$boot")"
+        begin="$(head -n 1 "$CFG_DIR/config.txt.append")"
+        end="$(tail -n 1 "$CFG_DIR/config.txt.append")"
+        # Drop an earlier block (between the marker lines), then append the current one.
+        new="$(mktemp)"
+        trap 'rm -f "$new"' EXIT
+        awk -v b="$begin" -v e="$end" '$0 == b {skip = 1} !skip {print} $0 == e {skip = 0}' "$bootfile" > "$new"
+        # One blank line before the block, however the file ended.
+        sed -i -e :a -e '/^\n*$/{$d;N;ba' -e '}' "$new"
+        printf '\n' >> "$new"
+        cat "$CFG_DIR/config.txt.append" >> "$new"
+        if cmp -s "$new" "$bootfile"; then
+            note "$boot is up to date"
+        else
+            [[ -f $bootfile.pedal-orig ]] || run cp -p "$bootfile" "$bootfile.pedal-orig"
+            run cp "$new" "$bootfile"
+            note "$boot changed: reboot to load the audio HAT overlay"
+        fi
+    fi
+else
+    note "skipped (--no-boot-config): /boot/firmware/config.txt"
+fi
+
+# --- 6. services -------------------------------------------------------------------------------
+
+say "6/6 services"
+if staging; then
+    run systemctl --root="$DESTDIR" enable "${ENABLED_UNITS[@]}"
+else
+    if [[ -d /run/systemd/system ]]; then
+        run systemctl daemon-reload
+    fi
+    run systemctl enable "${ENABLED_UNITS[@]}"
+    if [[ -d /run/systemd/system ]]; then
+        # An update of a running pedal takes effect now; a first install waits for the reboot
+        # (the HAT overlay needs it).
+        run systemctl try-restart pedal.service
+    fi
+fi
+
+say "done"
+cat <<EOF
+Next:
+  1. reboot (the audio HAT overlay and the group memberships take effect)
+  2. copy a bundle:   scp comp4.pedal ${LOGIN_USER:-pi}@pedal.local:$STATE_DIR/bundles/
+  3. check:           sudo systemctl start pedal-selftest; journalctl -u pedal-selftest -b
+  4. play:            journalctl -u pedal -f
+Config: $ETC_DIR/pedal.toml    Guide: $OPT_DIR/firmware_cfg/README.md
+EOF
