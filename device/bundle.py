@@ -14,6 +14,7 @@ checksums, files or shapes do not match, with a message that names what is wrong
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -183,6 +184,7 @@ class Manifest:
 class Bundle:
     root: Path  # the directory the files live in (an archive is unpacked to a private temp dir)
     manifest: Manifest
+    source: Path | None = None  # what was loaded: the directory or the .pedal archive
 
     def path(self, file: str) -> Path:
         return self.root / file
@@ -201,7 +203,7 @@ class Bundle:
     def card(self) -> str:
         """A human-readable summary: what `python -m device inspect` prints."""
         m = self.manifest
-        lines = [f"bundle   {self.root}", f"effect   {m.effect}  {m.description}".rstrip(),
+        lines = [f"bundle   {self.source or self.root}", f"effect   {m.effect}  {m.description}".rstrip(),
                  f"audio    {m.sample_rate} Hz, hop {m.hop} samples, latency {m.latency_samples} samples "
                  f"({1000 * m.latency_samples / m.sample_rate:.2f} ms)",
                  f"state    {m.state_size} floats in {len(m.state_layout)} parts", "knobs"]
@@ -241,7 +243,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle")
-    root = _unpack_archive(path) if path.is_file() else path
+    if path.is_file():
+        root = _unpack_archive(path)
+        atexit.register(shutil.rmtree, root, True)  # the interpreter has the model mapped by then
+    else:
+        root = path
     man_path = root / MANIFEST
     if not man_path.is_file():
         raise BundleError(f"{path}: missing {MANIFEST}")
@@ -260,7 +266,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         actual = sha256_file(fp)
         if actual != digest:
             raise BundleError(f"{path}: checksum mismatch for {name!r} (manifest {digest[:12]}..., file {actual[:12]}...)")
-    return Bundle(root=root, manifest=man)
+    return Bundle(root=root, manifest=man, source=path)
 
 
 def write_bundle(dest: str | os.PathLike, manifest: Manifest, files: dict[str, Path], archive: bool = True) -> Path:

@@ -194,14 +194,14 @@ class FootswitchConfig:
 
 @dataclass
 class LedConfig:
-    """[led]: on = effect, off = bypass, blinking = fault."""
+    """[led]: steady = effect on, dim = bypass, blinking = fault (docs/hardware.md)."""
     enabled: bool = _key(False, "bool")
     gpio: int = _key(18, "int", _between(*GPIO_RANGE))  # BCM numbering
 
 
 @dataclass
 class RealtimeConfig:
-    """[realtime]: what the audio thread asks of the kernel; refusals are logged, not fatal."""
+    """[realtime]: what the audio thread asks the kernel for."""
     priority: int = _key(70, "int", _between(0, 99))  # SCHED_FIFO priority; 0 = don't ask
     lock_memory: bool = _key(True, "bool")  # mlockall: no page faults in the audio loop
     cpu: int = _key(-1, "int", _between(-1, 63))  # pin the audio thread to this core; -1 = no

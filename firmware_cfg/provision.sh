@@ -64,8 +64,13 @@ die()  { printf 'provision.sh: error: %s\n' "$*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 # Every change goes through run: printed always, executed unless --dry-run.
+# Arguments are shown as a shell would need them, so a printed line can be pasted and run.
 run() {
-    printf '    + %s\n' "$*"
+    local shown="" a
+    for a in "$@"; do
+        if [[ $a =~ ^[A-Za-z0-9_./:=,+@%{}-]+$ ]]; then shown+=" $a"; else shown+=" '${a//\'/\'\\\'\'}'"; fi
+    done
+    printf '    +%s\n' "$shown"
     if [[ $DRY_RUN == 0 ]]; then "$@"; fi
 }
 

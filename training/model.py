@@ -5,7 +5,8 @@ Waveform in, waveform out, read top to bottom in the order data flows:
     x (B, N) --frames--> learned analysis (windowed-DFT init) --> log power (B, T, bins)
       --> in_proj + FiLM(knobs) --> n_blocks x [sparse attention + FFN, FiLM(knobs) in each]
       --> gain head  s_t   (one log-gain per frame: the "skip filter", like a compressor's gain)
-      --> synth head r_t   (a short frame, overlap-added: the residual path, like a wet mix)
+      --> synth head r_t   (a short frame scaled by the input frame's RMS, overlap-added: the
+                            residual path, like a wet mix; scale-free, so quiet input stays quiet)
     y[n] = exp(interp(s)[n]) * x[n] + r[n]
 
 Frames: frame t ends at the last sample of hop t and looks back ``window`` samples; its output
@@ -91,7 +92,8 @@ def dft_init(window: int, n_bins: int) -> torch.Tensor:
     n = torch.arange(window, dtype=torch.float64)
     hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (n + 0.5) / window)
     ang = 2 * math.pi * bins[:, None].double() * n[None, :] / window
-    w = torch.cat([torch.cos(ang), torch.sin(ang)]) * hann / hann.sum()
+    # unnormalised (peak 1): small weights would fall into float16's subnormal range
+    w = torch.cat([torch.cos(ang), torch.sin(ang)]) * hann
     return w.float()
 
 
@@ -178,8 +180,7 @@ class SignalTrainPi(nn.Module):
         self.analysis = nn.Linear(cfg.window, 2 * cfg.n_bins, bias=False)
         with torch.no_grad():
             self.analysis.weight.copy_(dft_init(cfg.window, cfg.n_bins))
-        self.in_proj = nn.Linear(cfg.n_bins, d)
-        self.ln_in = nn.LayerNorm(d, elementwise_affine=False)
+        self.in_proj = nn.Linear(cfg.n_bins, d)  # no LayerNorm here: it would erase the absolute level
         # knobs -> FiLM scale/shift for the input and for each block's attention and FFN inputs
         self.n_film = 2 + 4 * cfg.n_blocks
         self.film = nn.Sequential(nn.Linear(cfg.n_knobs, 64), nn.GELU(approximate="tanh"), nn.Linear(64, self.n_film * d))
@@ -194,13 +195,17 @@ class SignalTrainPi(nn.Module):
 
     # --- pieces shared by the offline and the streaming form -------------------------------------
     def features(self, frames):  # (..., window) -> (..., n_bins): log power of the learned filterbank
-        re, im = self.analysis(frames).split(self.cfg.n_bins, dim=-1)
-        return torch.log(re * re + im * im + 1e-8)
+        z = self.analysis(frames)
+        re, im = z[..., : self.cfg.n_bins], z[..., self.cfg.n_bins:]  # slices, not split: SPLIT_V became a Flex op
+        return torch.log(re * re + im * im + 1e-6)
+
+    def level(self, frames):  # (..., window) -> (..., 1): frame RMS, so the residual scales with the input
+        return torch.sqrt((frames * frames).mean(-1, keepdim=True) + 1e-10)
 
     def trunk_in(self, feats, knobs):  # feats (B, T, bins), knobs (B, T, K) in 0..1
         B, T, _ = feats.shape
         film = self.film(knobs).view(B, T, self.n_film, self.cfg.d_model)
-        h = self.ln_in(self.in_proj(feats)) * (1 + film[:, :, 0]) + film[:, :, 1]
+        h = self.in_proj(0.1 * feats) * (1 + film[:, :, 0]) + film[:, :, 1]  # log power / 10: order 1
         return h, film
 
     def heads(self, h):  # (B, T, d) -> log-gain (B, T), synthesis frames (B, T, synth)
@@ -223,6 +228,7 @@ class SignalTrainPi(nn.Module):
         for i, blk in enumerate(self.blocks):
             h = blk(h, film[:, :, 2 + 4 * i: 6 + 4 * i])
         s, syn = self.heads(h)  # (B, T), (B, T, synth)
+        syn = syn * self.level(frames)
         s_prev = F.pad(s[:, :-1], (1, 0))  # zero log-gain before the start
         s_n = s_prev[..., None] + (s - s_prev)[..., None] * self.ramp  # (B, T, H) per-sample log-gain
         k = cfg.synth // H
@@ -278,6 +284,7 @@ class StepModel(nn.Module):
                 h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flag)[:, None, :]
             h = h + blk.ffn(blk.ln2(h) * (1 + f[:, :, 2]) + f[:, :, 3])
         s, syn = m.heads(h)  # (1, 1), (1, 1, synth)
+        syn = syn * m.level(frame)[:, None, :]
         s_prev = parts["log_gain_prev"]
         new["log_gain_prev"] = s[:, 0:1]
         s_n = s_prev + (s[:, 0:1] - s_prev) * m.ramp  # (1, H)
@@ -289,7 +296,8 @@ class StepModel(nn.Module):
     def _attend(self, attn: SparseAttention, a, parts, new, pre, flag):  # a (1, d) -> (1, d)
         cfg = self.m.cfg
         L, D, M, d, h, hd = cfg.local_frames, cfg.mem_block_frames, cfg.mem_slots, cfg.d_model, attn.h, attn.hd
-        q, k, v = attn.qkv(a).split(d, dim=-1)  # (1, d) each
+        z = attn.qkv(a)
+        q, k, v = z[:, :d], z[:, d: 2 * d], z[:, 2 * d:]  # (1, d) each
         q = q * hd ** -0.5
         out = []
         for name, cur in (("k", k), ("v", v)):

@@ -1,9 +1,13 @@
-"""Source audio without the internet: generated MIDI rendered with a pip-shipped soundfont, and
-synthetic test signals that exercise a compressor's time constants. Deterministic from a seed.
+"""Source audio without the internet: generated MIDI rendered with soundfonts, and synthetic test
+signals that exercise a compressor's time constants. Deterministic from a seed.
 
-Every generator returns mono float32 at the requested sample rate. ``demo_sources`` lists the
-built-in default corpus as (name, kind, audio) items; a split is assigned per item, so no source
-material ever appears in two splits.
+Every generator returns mono float32 at the requested sample rate. Two tiers of (name, kind,
+audio) items; a split is assigned per item, so no source material ever appears in two splits:
+
+- ``demo_sources``: pip only (TimGM6mb inside pretty_midi), minutes of audio, seconds to build;
+- ``full_sources``: Debian's FluidR3_GM (apt ``fluid-soundfont-gm``) for every instrument and its
+  seven drum kits, plus the AVL acoustic kits when apt ``avldrums.lv2-soundfont`` is installed;
+  hours of audio, yielded one item at a time (each from its own seed) so memory stays flat.
 """
 from __future__ import annotations
 
@@ -24,6 +28,24 @@ def soundfont_path() -> Path:
     return sf2
 
 
+# Debian soundfonts for the full tier (see ../shared/RECIPES.md)
+FLUID_R3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")  # apt: fluid-soundfont-gm (148 MB, MIT)
+FLUID_R3_PACKAGE = "fluid-soundfont-gm"
+AVL_DRUMS = (Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"),  # apt: avldrums.lv2-soundfont (45 MB,
+             Path("/usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2"))  # CC-BY-SA), bank 0 preset 0, GM drum map
+AVL_DRUMS_PACKAGE = "avldrums.lv2-soundfont"
+
+
+def require_soundfont(path: Path, package: str, tier: str = "full") -> Path:
+    """``path`` if it is there, else a FileNotFoundError that names the file and the apt package."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the {tier} tier renders its instruments with this soundfont. "
+                                f"Install it with `sudo apt-get install {package}` (or `make datasets-deps`), "
+                                f"or build the pip-only tier with --tier demo.")
+    return path
+
+
 # --- generated MIDI -----------------------------------------------------------------------------
 # A note: (start_s, end_s, midi_key, velocity). Programs are General MIDI (0-based).
 PROGRAMS = {"guitar": [24, 25, 26, 27, 29, 30], "bass": [32, 33, 34, 38], "keys": [0, 1, 4, 16]}
@@ -36,8 +58,15 @@ def _dynamics(rng, seconds, bar_s):
     return np.clip(rng.choice([0.15, 0.35, 0.6, 0.85, 1.0], n) * rng.uniform(0.8, 1.2, n), 0.08, 1.0)
 
 
-def gen_part(kind: str, rng: np.random.Generator, seconds: float) -> list[tuple]:
-    bpm = rng.uniform(70, 160)
+STYLES = ("straight", "swing", "sparse", "busy")
+
+
+def gen_part(kind: str, rng: np.random.Generator, seconds: float, style: str = "straight") -> list[tuple]:
+    """Notes of one part. ``style``: "straight" (the demo tier's), "swing" (off-beats late by a
+    third of their length), "sparse" (40% of the steps rest), "busy" (steps halved, faster tempi)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r} (one of {STYLES})")
+    bpm = rng.uniform(70, 160) * (1.25 if style == "busy" else 1.0)
     beat = 60.0 / bpm
     dyn = _dynamics(rng, seconds, 4 * beat)
     root = int(rng.integers(40, 52))
@@ -45,6 +74,7 @@ def gen_part(kind: str, rng: np.random.Generator, seconds: float) -> list[tuple]
     notes = []
     t = 0.0
     while t < seconds:
+        n_before = len(notes)
         vel = lambda: int(np.clip(rng.normal(1.0, 0.15) * 127 * dyn[int(t / (4 * beat))], 5, 127))
         if kind == "guitar":
             step = beat * rng.choice([0.25, 0.5, 1.0])
@@ -73,20 +103,66 @@ def gen_part(kind: str, rng: np.random.Generator, seconds: float) -> list[tuple]
                 notes.append((t, t + 0.5, DRUMS["crash"], vel()))
         else:
             raise ValueError(f"unknown part kind {kind!r}")
+        if style == "sparse" and rng.uniform() < 0.4:
+            del notes[n_before:]  # a rest instead of this step's notes
+        elif style == "swing" and int(round(t / step)) % 2 == 1:
+            notes[n_before:] = [(s0 + step / 3, e0 + step / 3, k0, v0) for s0, e0, k0, v0 in notes[n_before:]]
+        elif style == "busy":
+            step /= 2
         t += step
-    return [n for n in notes if n[0] < seconds]
+    return sorted((n for n in notes if n[0] < seconds), key=lambda n: n[0])
 
 
-def render_parts(parts: list[tuple[str, int, list]], seconds: float, sample_rate: int, sf2: Path) -> np.ndarray:
-    """Render (kind, program, notes) parts with tinysoundfont into one mono float32 mix."""
+_SYNTH: dict = {}  # one synth per process: its sample rate, and the soundfonts loaded into it (path -> id)
+
+
+def _synth(sample_rate: int, fonts: tuple[Path, ...]):
+    """The process's synth with ``fonts`` loaded (each once: FluidR3 is 148 MB), silent."""
     import tinysoundfont
 
-    synth = tinysoundfont.Synth(samplerate=sample_rate)
-    sfid = synth.sfload(str(sf2))
+    if _SYNTH.get("sample_rate") != sample_rate:
+        _SYNTH.clear()
+        _SYNTH.update(sample_rate=sample_rate, synth=tinysoundfont.Synth(samplerate=sample_rate), fonts={})
+    synth, loaded = _SYNTH["synth"], _SYNTH["fonts"]
+    for f in fonts:
+        if f not in loaded:
+            loaded[f] = synth.sfload(str(f))
+    sfids = [loaded[f] for f in fonts]
+    # A clean start: no voice of the previous clip rings on. sounds_off fades voices out over a few
+    # ms rather than cutting them, so render (and drop) audio until the synth is silent.
+    for chan in range(16):
+        synth.sounds_off(chan)
+    for _ in range(100):
+        if not np.frombuffer(synth.generate(1024), np.float32).any():
+            break
+    return synth, sfids
+
+
+def _select(synth, chan: int, sfid: int, kind: str, program: int) -> None:
+    """General MIDI program, or for drums the kit: bank 128 preset ``program`` (FluidR3's seven kits,
+    TimGM's one), falling back to the soundfont's first kit (the AVL kits sit at bank 0, preset 0)."""
+    if kind != "drums":
+        synth.program_select(chan, sfid, 0, program, False)
+        return
+    for bank, preset in ((128, program), (128, 0), (0, program), (0, 0)):
+        try:
+            synth.program_select(chan, sfid, bank, preset, True)
+            return
+        except RuntimeError:
+            continue
+    raise RuntimeError(f"soundfont {sfid}: no drum kit at bank 128 or 0")
+
+
+def render_parts(parts: list[tuple[str, int, list]], seconds: float, sample_rate: int, sf2: Path,
+                 drums_sf2: Path | None = None) -> np.ndarray:
+    """Render (kind, program, notes) parts with tinysoundfont into one mono float32 mix. For drums
+    ``program`` is the kit; ``drums_sf2`` plays the drums from another soundfont."""
+    fonts = (Path(sf2),) if drums_sf2 is None else (Path(sf2), Path(drums_sf2))
+    synth, sfids = _synth(sample_rate, fonts)
     events = []  # (time_s, on, chan, key, vel)
     for chan, (kind, program, notes) in enumerate(parts):
         chan = 9 if kind == "drums" else chan
-        synth.program_select(chan, sfid, 128 if kind == "drums" else 0, 0 if kind == "drums" else program, kind == "drums")
+        _select(synth, chan, sfids[-1] if kind == "drums" else sfids[0], kind, program)
         for start, end, key, vel in notes:
             events += [(start, 1, chan, key, vel), (min(end, seconds), 0, chan, key, 0)]
     events.sort(key=lambda e: (e[0], e[1]))
@@ -102,14 +178,27 @@ def render_parts(parts: list[tuple[str, int, list]], seconds: float, sample_rate
             synth.noteon(chan, key, vel)
         elif key:
             synth.noteoff(chan, key)
-    return out.mean(axis=1)
+    # Some soundfont samples carry a DC offset (TimGM6mb's keys: about 2% of their peak); a 10 Hz
+    # high-pass removes it, so the model never learns an offset that the material made up.
+    return _dc_block(out.mean(axis=1), sample_rate)
 
 
-def midi_clip(kind: str, rng: np.random.Generator, seconds: float, sample_rate: int, sf2: Path) -> np.ndarray:
-    """One clip: a single instrument ("guitar", "bass", "keys", "drums") or a "mix" of all four."""
+def _dc_block(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    import pedalboard as pb
+
+    return pb.HighpassFilter(cutoff_frequency_hz=10.0)(audio[None, :].astype(np.float32), sample_rate)[0]
+
+
+def midi_clip(kind: str, rng: np.random.Generator, seconds: float, sample_rate: int, sf2: Path,
+              programs: dict | None = None, drum_kits=(0,), style: str = "straight",
+              drums_sf2: Path | None = None) -> np.ndarray:
+    """One clip: a single instrument ("guitar", "bass", "keys", "drums") or a "mix" of all four.
+    ``programs``: GM programs to draw from per kind; ``drum_kits``: kit presets to draw from."""
+    programs = programs or PROGRAMS
     kinds = ["guitar", "bass", "keys", "drums"] if kind == "mix" else [kind]
-    parts = [(k, 0 if k == "drums" else int(rng.choice(PROGRAMS[k])), gen_part(k, rng, seconds)) for k in kinds]
-    return render_parts(parts, seconds, sample_rate, sf2)
+    parts = [(k, int(rng.choice(drum_kits)) if k == "drums" else int(rng.choice(programs[k])),
+              gen_part(k, rng, seconds, style)) for k in kinds]
+    return render_parts(parts, seconds, sample_rate, sf2, drums_sf2)
 
 
 # --- synthetic test signals ------------------------------------------------------------------------
@@ -159,6 +248,7 @@ def plucks(rng, seconds, sr):
         period = int(sr / rng.uniform(80, 700))
         d = min(int(sr * rng.uniform(0.15, 1.2)), n - i)
         buf = rng.uniform(-1, 1, period) * 10 ** (rng.uniform(-35, 0) / 20)
+        buf -= buf.mean()  # the string's averaging filter keeps DC for the whole note: start without any
         note = np.empty(d)
         for j in range(d):  # short loop per pluck; fine at corpus-build time
             note[j] = buf[j % period]
@@ -196,9 +286,46 @@ def demo_sources(seed: int, sample_rate: int, seconds_each: float = 8.0, n_midi:
     for i in range(n_synth):
         kind = names[i % len(names)]
         items.append((f"synth{i:03d}_{kind}", kind, SYNTHETIC[kind](rng, seconds_each, sample_rate)))
-    out = []
-    for name, kind, audio in items:
-        peak = np.abs(audio).max()
-        gain = 10 ** (rng.uniform(-30, -1) / 20) / peak if peak > 0 else 1.0
-        out.append((name, kind, (audio * gain).astype(np.float32)))
-    return out
+    return [(name, kind, _level(rng, audio)) for name, kind, audio in items]
+
+
+def _level(rng: np.random.Generator, audio: np.ndarray) -> np.ndarray:
+    """Scale to a random peak level, -30..-1 dBFS: the effect sees every input level."""
+    peak = np.abs(audio).max()
+    gain = 10 ** (rng.uniform(-30, -1) / 20) / peak if peak > 0 else 1.0
+    return (audio * gain).astype(np.float32)
+
+
+# The full tier: every GM guitar, bass and keyboard/organ program, FluidR3's seven drum kits
+# (bank 128: Standard, Room, Power, Electronic, TR-808, Jazz, Brush).
+FULL_PROGRAMS = {"guitar": list(range(24, 32)), "bass": list(range(32, 40)), "keys": list(range(0, 8)) + [16, 17, 18, 19]}
+FULL_DRUM_KITS = (0, 8, 16, 24, 25, 32, 40)
+
+
+def full_sources(seed: int, sample_rate: int, seconds_each: float = 20.0, n_midi: int = 300, n_synth: int = 60,
+                 sf2: Path | None = None, drums_sf2s: tuple[Path, ...] | None = None):
+    """The full corpus, yielded item by item: generated MIDI clips (every kind and style in turn,
+    rendered with FluidR3_GM; a third of the drum parts on the AVL acoustic kits when installed)
+    and synthetic signals. Item i comes from ``default_rng([seed, i])``: items are independent.
+    Raises FileNotFoundError naming the soundfont and its apt package when FluidR3 is missing."""
+    sf2 = require_soundfont(sf2 or FLUID_R3, FLUID_R3_PACKAGE)
+    if drums_sf2s is None:
+        drums_sf2s = tuple(p for p in AVL_DRUMS if p.is_file())
+
+    def items():
+        names = list(SYNTHETIC)
+        for i in range(n_midi + n_synth):
+            rng = np.random.default_rng([seed, i])
+            if i < n_midi:
+                kind = MIDI_KINDS[i % len(MIDI_KINDS)]
+                style = STYLES[(i // len(MIDI_KINDS)) % len(STYLES)]
+                drums = drums_sf2s[i % len(drums_sf2s)] if drums_sf2s and kind in ("drums", "mix") and i % 3 == 0 else None
+                audio = midi_clip(kind, rng, seconds_each, sample_rate, sf2, FULL_PROGRAMS, FULL_DRUM_KITS, style, drums)
+                name = f"midi{i:04d}_{kind}_{style}" + ("_avl" if drums else "")
+            else:
+                kind = names[(i - n_midi) % len(names)]
+                audio = SYNTHETIC[kind](rng, seconds_each, sample_rate)
+                name = f"synth{i - n_midi:04d}_{kind}"
+            yield name, kind, _level(rng, audio)
+
+    return items()

@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        run_loss.append(float(loss))
+        run_loss.append(loss.item())
         elapsed = time.time() - t_start
         final = elapsed >= budget or (cfg.max_steps and step >= cfg.max_steps)
         if elapsed - last_val >= cfg.val_every_s or final:

@@ -13,7 +13,7 @@ import pytest
 from device.config import (DEFAULT_TOML, PRECISIONS, ConfigError, PedalConfig, PotConfig,
                            check_knob_names, load_config, loads_config)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware_cfg"
 COMPRESSOR_KNOBS = ["threshold_db", "ratio", "attack_ms", "release_ms"]
 BUNDLE_LINE = '[model]\nbundle = "/var/lib/pedal/bundles/comp4.pedal"\n'

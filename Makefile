@@ -1,0 +1,123 @@
+# SignalTrain-Pi. Two commands matter on a fresh machine:  make demo  and  make test.
+#
+# Two environments, on purpose: the host (training + conversion: torch, onnx2tf, tensorflow) and
+# the device (what a Raspberry Pi runs: ai-edge-litert, numpy 2, pyalsaaudio, gpiozero). Running
+# the device code and tests in the device environment proves it never needs the training stack.
+
+SHELL := /bin/bash
+PY ?= python3
+HOST := .venv-host/bin/python
+DEV := .venv-device/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export PYTHONPATH := $(CURDIR)
+
+EFFECT ?= comp4
+MINUTES ?= 5
+DATA := data/$(EFFECT)-demo
+RUN := runs/$(EFFECT)
+BUNDLE := build/$(EFFECT)
+DEMO := out/demo
+TESTKIT := build/testkit
+
+.PHONY: demo test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
+        datasets-deps data-full bench-loader
+
+# ---------------------------------------------------------------------------------------------------
+# set-up (idempotent: stamps are rewritten only when a requirements file changes)
+system-deps: .stamps/system
+.stamps/system:
+	@mkdir -p .stamps
+	@if command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    alsa-utils libasound2-dev libasound2-plugins jackd2 gcc python3-dev >/dev/null; \
+	else echo "no apt-get: install alsa-lib headers (libasound2-dev), alsa-utils, jackd2 and gcc yourself"; fi
+	@touch $@
+
+.venv-host/.stamp: requirements/host.txt
+	$(PY) -m venv .venv-host
+	.venv-host/bin/pip install -q --upgrade pip
+	.venv-host/bin/pip install -q -r requirements/host.txt
+	# tinysoundfont's pyaudio dependency is only for live playback and does not build: skip it
+	.venv-host/bin/pip install -q --no-deps tinysoundfont
+	@touch $@
+
+.venv-device/.stamp: requirements/device.txt .stamps/system
+	$(PY) -m venv .venv-device
+	.venv-device/bin/pip install -q --upgrade pip
+	.venv-device/bin/pip install -q -r requirements/device.txt
+	@touch $@
+
+envs: .venv-host/.stamp .venv-device/.stamp
+
+# ---------------------------------------------------------------------------------------------------
+# the main job: data -> train -> evaluate -> convert -> device self-test -> device render -> report
+demo: envs
+	@mkdir -p $(DEMO); : > $(DEMO)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory data && echo "data $$(( $$(date +%s) - t ))" >> $(DEMO)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory train && echo "train $$(( $$(date +%s) - t ))" >> $(DEMO)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory evaluate && echo "evaluate $$(( $$(date +%s) - t ))" >> $(DEMO)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory convert && echo "convert $$(( $$(date +%s) - t ))" >> $(DEMO)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory selftest && echo "selftest $$(( $$(date +%s) - t ))" >> $(DEMO)/timings.txt
+	@t=$$(date +%s); $(HOST) -m training.demo prepare --data $(DATA) --out $(DEMO) && \
+	  $(DEV) -m device render --bundle $(BUNDLE).pedal --input $(DEMO)/input.wav --knobs $(DEMO)/knobs.csv --out $(DEMO)/model.wav && \
+	  echo "render $$(( $$(date +%s) - t ))" >> $(DEMO)/timings.txt
+	@$(HOST) -m training.demo report --out $(DEMO) --run $(RUN) --bundle $(BUNDLE) --timings $(DEMO)/timings.txt
+	@echo
+	@echo "demo done. Listen and look:"
+	@echo "  $(DEMO)/input.wav  $(DEMO)/target.wav  $(DEMO)/model.wav   (held-out audio, knob sweep in $(DEMO)/knobs.csv)"
+	@echo "  $(DEMO)/demo.png   $(DEMO)/report.md   $(RUN)/loss.png  $(RUN)/eval_settings.png  $(RUN)/level_curves.png"
+	@echo "  bundle for the box: $(BUNDLE).pedal   (python -m device inspect $(BUNDLE).pedal)"
+
+data: $(DATA)/dataset.json
+$(DATA)/dataset.json: | .venv-host/.stamp
+	$(HOST) -m training.data --effect $(EFFECT) --out $(DATA)
+
+train: .venv-host/.stamp $(DATA)/dataset.json
+	$(HOST) -m training.train --data $(DATA) --out $(RUN) --minutes $(MINUTES)
+
+evaluate: .venv-host/.stamp
+	$(HOST) -m training.evaluate --checkpoint $(RUN)/best.pt --data $(DATA) --out $(RUN)
+
+convert: .venv-host/.stamp
+	$(HOST) -m convert --checkpoint $(RUN)/best.pt --data $(DATA) --out $(BUNDLE) --report $(RUN)/eval.json
+
+selftest: .venv-device/.stamp
+	$(DEV) -m device selftest --bundle $(BUNDLE).pedal
+
+# ---------------------------------------------------------------------------------------------------
+# tests: host side (torch, onnx2tf) first, which also builds a small bundle; then the device side,
+# in the device environment, against that bundle and real alsa-lib.
+test: envs
+	$(MAKE) --no-print-directory test-host
+	$(MAKE) --no-print-directory test-device
+
+test-host: .venv-host/.stamp
+	$(HOST) -m pytest -q tests/host
+
+test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
+	PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal $(DEV) -m pytest -q tests/device
+
+# a small trained-and-converted bundle the device tests run against (about a minute to make)
+$(TESTKIT)/tiny.pedal: | .venv-host/.stamp
+	$(HOST) -m tests.make_testkit --out $(TESTKIT)
+
+# ---------------------------------------------------------------------------------------------------
+# datasets beyond the demo tier (docs/datasets.md)
+datasets-deps:
+	$(SUDO) apt-get install -y --no-install-recommends fluid-soundfont-gm avldrums.lv2-soundfont
+
+data-full: .venv-host/.stamp
+	$(HOST) -m training.data --effect $(EFFECT) --tier full --progress --out data/$(EFFECT)-full
+
+# ---------------------------------------------------------------------------------------------------
+# benchmarks: ratios within one run, never pass/fail (these machines are shared and noisy)
+bench-loader: .venv-host/.stamp $(DATA)/dataset.json
+	$(HOST) -m training.bench_loader --data $(DATA)
+
+# ---------------------------------------------------------------------------------------------------
+clean:
+	rm -rf build out runs .stamps
+
+distclean: clean
+	rm -rf .venv-host .venv-device data
