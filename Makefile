@@ -20,7 +20,7 @@ DEMO := out/demo
 TESTKIT := build/testkit
 
 .PHONY: demo test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
-        datasets-deps data-full bench-loader
+        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train
 
 # ---------------------------------------------------------------------------------------------------
 # set-up (idempotent: stamps are rewritten only when a requirements file changes)
@@ -92,7 +92,7 @@ test: envs
 	$(MAKE) --no-print-directory test-host
 	$(MAKE) --no-print-directory test-device
 
-test-host: .venv-host/.stamp
+test-host: .venv-host/.stamp $(TESTKIT)/tiny.pedal
 	$(HOST) -m pytest -q tests/host
 
 test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
@@ -112,8 +112,20 @@ data-full: .venv-host/.stamp
 
 # ---------------------------------------------------------------------------------------------------
 # benchmarks: ratios within one run, never pass/fail (these machines are shared and noisy)
+bench: bench-stream bench-context bench-loader
+
+bench-stream: envs $(TESTKIT)/tiny.pedal
+	$(HOST) -m convert.bench_stream
+
+bench-context: .venv-host/.stamp
+	$(HOST) -m training.bench_context
+
 bench-loader: .venv-host/.stamp $(DATA)/dataset.json
 	$(HOST) -m training.bench_loader --data $(DATA)
+
+# attention vs no attention, same data and budget each (2 x MINUTES of training)
+bench-train: .venv-host/.stamp $(DATA)/dataset.json
+	$(HOST) -m training.bench_train --data $(DATA) --minutes $(MINUTES)
 
 # ---------------------------------------------------------------------------------------------------
 clean:

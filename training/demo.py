@@ -31,7 +31,8 @@ def prepare(data: Path, out: Path, hop: int, seconds_per_source: float = 4.0) ->
         if p.split == "Test" and p.source not in seen:
             seen.add(p.source)
             x, _ = sf.read(str(p.input), dtype="float32")
-            parts.append(x[: int(seconds_per_source * sr)])
+            x = x[: int(seconds_per_source * sr)]
+            parts.append(x * (10 ** (-6 / 20) / max(float(np.abs(x).max()), 1e-6)))  # peaks at -6 dBFS: audible compression
     x = np.concatenate(parts)
     x = x[: len(x) // hop * hop]
     dur = len(x) / sr

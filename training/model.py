@@ -191,7 +191,15 @@ class SignalTrainPi(nn.Module):
         for lin in (self.gain_head, self.synth_head, self.film[-1]):
             nn.init.normal_(lin.weight, std=1e-3)
             nn.init.zeros_(lin.bias)
-        self.register_buffer("ramp", torch.arange(1, cfg.hop + 1, dtype=torch.float32) / cfg.hop, persistent=False)
+        # raised-cosine ramp from one hop's gain to the next: no slope corners at the hop rate
+        # (a linear ramp puts sidebands at multiples of sample_rate / hop around every tone)
+        i = torch.arange(1, cfg.hop + 1, dtype=torch.float64)
+        self.register_buffer("ramp", (0.5 - 0.5 * torch.cos(math.pi * i / cfg.hop)).float(), persistent=False)
+        # periodic Hann synthesis window: frames fade in and out, and overlap-add to a constant
+        # for synth = 2 * hop, so the residual path has no edges at the hop rate either
+        n = torch.arange(cfg.synth, dtype=torch.float64)
+        win = 0.5 - 0.5 * torch.cos(2 * math.pi * n / cfg.synth)
+        self.register_buffer("synth_window", (win * 2 * cfg.hop / cfg.synth).float(), persistent=False)
 
     # --- pieces shared by the offline and the streaming form -------------------------------------
     def features(self, frames):  # (..., window) -> (..., n_bins): log power of the learned filterbank
@@ -228,7 +236,7 @@ class SignalTrainPi(nn.Module):
         for i, blk in enumerate(self.blocks):
             h = blk(h, film[:, :, 2 + 4 * i: 6 + 4 * i])
         s, syn = self.heads(h)  # (B, T), (B, T, synth)
-        syn = syn * self.level(frames)
+        syn = syn * self.level(frames) * self.synth_window
         s_prev = F.pad(s[:, :-1], (1, 0))  # zero log-gain before the start
         s_n = s_prev[..., None] + (s - s_prev)[..., None] * self.ramp  # (B, T, H) per-sample log-gain
         k = cfg.synth // H
@@ -284,7 +292,7 @@ class StepModel(nn.Module):
                 h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flag)[:, None, :]
             h = h + blk.ffn(blk.ln2(h) * (1 + f[:, :, 2]) + f[:, :, 3])
         s, syn = m.heads(h)  # (1, 1), (1, 1, synth)
-        syn = syn * m.level(frame)[:, None, :]
+        syn = syn * m.level(frame)[:, None, :] * m.synth_window
         s_prev = parts["log_gain_prev"]
         new["log_gain_prev"] = s[:, 0:1]
         s_n = s_prev + (s[:, 0:1] - s_prev) * m.ramp  # (1, H)

@@ -1,0 +1,112 @@
+"""The model: its streaming form is the offline form, hop by hop, at low latency."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.model import ModelConfig, SignalTrainPi, StepModel, macs_per_second, tier_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def randomised(cfg, seed=0):
+    torch.manual_seed(seed)
+    m = SignalTrainPi(cfg).eval()
+    with torch.no_grad():  # the heads start near zero; shake every weight so all paths matter
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def stream(m, x, knobs):
+    st = StepModel(m).eval()
+    s, H, outs = st.initial_state(), m.cfg.hop, []
+    with torch.no_grad():
+        for t in range(x.shape[1] // H):
+            y, s = st(x[:, t * H:(t + 1) * H], knobs[:, t], s)
+            outs.append(y)
+    return torch.cat(outs, 1)
+
+
+def knob_changes(n_hops, n_knobs, every=300, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.rand(n_hops // every + 1, n_knobs, generator=g)
+    return steps.repeat_interleave(every, 0)[:n_hops][None]
+
+
+def test_streaming_equals_offline_on_10_s_with_knob_changes():
+    cfg = tier_config("small")
+    m = randomised(cfg)
+    n = 10 * cfg.sample_rate // cfg.hop * cfg.hop
+    x = 0.3 * torch.randn(1, n, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.05, 1, n)
+    k = knob_changes(n // cfg.hop, cfg.n_knobs)
+    with torch.no_grad():
+        off = m(x, k)
+    on = stream(m, x, k)
+    assert float((off - on).abs().max()) <= 1e-5
+    assert float(off.abs().max()) > 0.1  # a real signal, not zeros
+
+
+@pytest.mark.parametrize("T_frames", [50, 203])  # whole and partial local/memory blocks
+def test_streaming_equals_offline_with_small_windows(T_frames):
+    cfg = ModelConfig(local_frames=8, mem_block_frames=5, mem_slots=3)
+    m = randomised(cfg, seed=3)
+    x = 0.5 * torch.randn(2, T_frames * cfg.hop)
+    k = knob_changes(T_frames, cfg.n_knobs, every=17).expand(2, -1, -1)
+    with torch.no_grad():
+        off = m(x, k)
+    for b in range(2):
+        assert float((off[b:b + 1] - stream(m, x[b:b + 1], k[b:b + 1])).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("hop", [64, 128])
+def test_a_click_measures_the_declared_latency(hop):
+    """Perturb the input at sample m and find the earliest output that moves: the model looks at
+    most hop-1 samples ahead (it waits for a whole hop), so the latency is exactly `hop`."""
+    cfg = tier_config("small", hop=hop)
+    m = randomised(cfg, seed=4)
+    n = 40 * hop
+    x = 0.2 * torch.randn(1, n, generator=torch.Generator().manual_seed(5))
+    k = torch.full((1, cfg.n_knobs), 0.5)
+    with torch.no_grad():
+        base = m(x, k)
+        worst = 0
+        for pos in [20 * hop + o for o in (0, 1, hop // 2, hop - 1)] + [21 * hop + hop - 1]:
+            xc = x.clone()
+            xc[0, pos] += 1.0  # a click
+            moved = torch.nonzero((m(xc, k) - base).abs()[0] > 0)  # any dependence at all
+            first = int(moved[0])
+            assert first <= pos  # it is heard no later than it arrives
+            worst = max(worst, pos - first + 1)
+    assert worst == cfg.latency_samples == hop <= 128
+
+
+def test_tiers_have_growing_size_and_cost():
+    sizes = [sum(p.numel() for p in SignalTrainPi(tier_config(t)).parameters()) for t in ("nano", "small", "standard")]
+    macs = [macs_per_second(tier_config(t)) for t in ("nano", "small", "standard")]
+    assert sizes == sorted(sizes) and macs == sorted(macs)
+    assert macs_per_second(tier_config("small", hop=128)) < 0.55 * macs_per_second(tier_config("small", hop=64))
+
+
+def test_sparse_attention_memory_is_linear_in_context():
+    """Activations saved for backward grow like T for sparse attention (`make bench-context` times
+    it against dense attention, whose compute grows like T^2)."""
+    def peak(att, seconds):
+        cfg = tier_config("nano", attention=att)
+        m = SignalTrainPi(cfg)
+        x = torch.randn(1, int(seconds * cfg.sample_rate) // cfg.hop * cfg.hop)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+            m(x, torch.rand(1, cfg.n_knobs)).sum()
+        return sum(saved)
+    assert 3.5 < peak("sparse", 8.0) / peak("sparse", 2.0) < 4.6  # 4x the audio: about 4x the memory
+
+
+def test_configuration_errors_name_the_field():
+    with pytest.raises(ValueError, match="window 500"):
+        ModelConfig(window=500)
+    with pytest.raises(ValueError, match="attention 'full'"):
+        ModelConfig(attention="full")
+    with pytest.raises(ValueError, match="dense attention has no streaming form"):
+        StepModel(SignalTrainPi(ModelConfig(attention="dense")))
