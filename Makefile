@@ -99,7 +99,7 @@ test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal $(DEV) -m pytest -q tests/device
 
 # a small trained-and-converted bundle the device tests run against (about a minute to make)
-$(TESTKIT)/tiny.pedal: | .venv-host/.stamp
+$(TESTKIT)/tiny.pedal: training/model.py training/train.py training/data.py convert/pipeline.py tests/make_testkit.py | .venv-host/.stamp
 	$(HOST) -m tests.make_testkit --out $(TESTKIT)
 
 # ---------------------------------------------------------------------------------------------------

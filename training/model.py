@@ -5,13 +5,13 @@ Waveform in, waveform out, read top to bottom in the order data flows:
     x (B, N) --frames--> learned analysis (windowed-DFT init) --> log power (B, T, bins)
       --> in_proj + FiLM(knobs) --> n_blocks x [sparse attention + FFN, FiLM(knobs) in each]
       --> gain head  s_t   (one log-gain per frame: the "skip filter", like a compressor's gain)
-      --> synth head r_t   (a short frame scaled by the input frame's RMS, overlap-added: the
-                            residual path, like a wet mix; scale-free, so quiet input stays quiet)
-    y[n] = exp(interp(s)[n]) * x[n] + r[n]
+      --> FIR head   c_t   (``fir_taps`` coefficients per frame: the residual path, a time-varying
+                            filter of the input, so it stays phase-locked to it: tone, EQ, a wet mix)
+    y[n] = exp(s(n)) * x[n] + sum_j c_j(n) x[n - j]     s(n), c(n): raised-cosine ramps across each hop
 
-Frames: frame t ends at the last sample of hop t and looks back ``window`` samples; its output
-covers hop t (gain) and the next ``synth - hop`` samples (overlap-add tail). So output sample n
-depends on input up to the end of its hop: the algorithmic latency is ``hop`` samples.
+Frames: frame t ends at the last sample of hop t and looks back ``window`` samples; its gain and
+filter apply to hop t. So output sample n depends on input up to the end of its hop: the
+algorithmic latency is ``hop`` samples.
 
 Attention is sparse with cost linear in context: each frame attends to
   - the last ``local_frames`` frames (itself included), and
@@ -38,8 +38,10 @@ class ModelConfig:
     sample_rate: int = 48000
     hop: int = 64  # samples per step; the algorithmic latency
     window: int = 512  # analysis window (samples), a multiple of hop
-    synth: int = 128  # synthesis frame (samples), a multiple of hop
-    n_bins: int = 64  # learned filterbank channels (initialised from DFT bins)
+    fir_taps: int = 32  # residual path: a time-varying FIR over the last fir_taps input samples
+    n_bins: int = 64  # analysis filterbank channels (Hann-windowed DFT bins, log-spaced)
+    learn_analysis: bool = False  # a learned filterbank drifts from quadrature: its magnitudes then
+    #                               jitter with the input's phase and the gain buzzes at the hop rate
     d_model: int = 64
     n_heads: int = 4
     n_blocks: int = 2
@@ -51,8 +53,9 @@ class ModelConfig:
     max_log_gain: float = 6.0  # |s| bound: exp(6) = +-52 dB
 
     def __post_init__(self):
-        if self.window % self.hop or self.synth % self.hop:
-            raise ValueError(f"window {self.window} and synth {self.synth} must be multiples of hop {self.hop}")
+        if self.window % self.hop or self.window - self.hop < self.fir_taps - 1:
+            raise ValueError(f"window {self.window} must be a multiple of hop {self.hop} and leave "
+                             f"fir_taps - 1 = {self.fir_taps - 1} past samples")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
         if self.attention not in ("sparse", "dense", "none"):
@@ -180,6 +183,7 @@ class SignalTrainPi(nn.Module):
         self.analysis = nn.Linear(cfg.window, 2 * cfg.n_bins, bias=False)
         with torch.no_grad():
             self.analysis.weight.copy_(dft_init(cfg.window, cfg.n_bins))
+        self.analysis.weight.requires_grad_(cfg.learn_analysis)
         self.in_proj = nn.Linear(cfg.n_bins, d)  # no LayerNorm here: it would erase the absolute level
         # knobs -> FiLM scale/shift for the input and for each block's attention and FFN inputs
         self.n_film = 2 + 4 * cfg.n_blocks
@@ -187,28 +191,20 @@ class SignalTrainPi(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.ln_out = nn.LayerNorm(d, elementwise_affine=False)
         self.gain_head = nn.Linear(d, 1)
-        self.synth_head = nn.Linear(d, cfg.synth)
-        for lin in (self.gain_head, self.synth_head, self.film[-1]):
+        self.fir_head = nn.Linear(d, cfg.fir_taps)
+        for lin in (self.gain_head, self.fir_head, self.film[-1]):
             nn.init.normal_(lin.weight, std=1e-3)
             nn.init.zeros_(lin.bias)
         # raised-cosine ramp from one hop's gain to the next: no slope corners at the hop rate
         # (a linear ramp puts sidebands at multiples of sample_rate / hop around every tone)
         i = torch.arange(1, cfg.hop + 1, dtype=torch.float64)
         self.register_buffer("ramp", (0.5 - 0.5 * torch.cos(math.pi * i / cfg.hop)).float(), persistent=False)
-        # periodic Hann synthesis window: frames fade in and out, and overlap-add to a constant
-        # for synth = 2 * hop, so the residual path has no edges at the hop rate either
-        n = torch.arange(cfg.synth, dtype=torch.float64)
-        win = 0.5 - 0.5 * torch.cos(2 * math.pi * n / cfg.synth)
-        self.register_buffer("synth_window", (win * 2 * cfg.hop / cfg.synth).float(), persistent=False)
 
     # --- pieces shared by the offline and the streaming form -------------------------------------
-    def features(self, frames):  # (..., window) -> (..., n_bins): log power of the learned filterbank
+    def features(self, frames):  # (..., window) -> (..., n_bins): log power of the filterbank
         z = self.analysis(frames)
         re, im = z[..., : self.cfg.n_bins], z[..., self.cfg.n_bins:]  # slices, not split: SPLIT_V became a Flex op
         return torch.log(re * re + im * im + 1e-6)
-
-    def level(self, frames):  # (..., window) -> (..., 1): frame RMS, so the residual scales with the input
-        return torch.sqrt((frames * frames).mean(-1, keepdim=True) + 1e-10)
 
     def trunk_in(self, feats, knobs):  # feats (B, T, bins), knobs (B, T, K) in 0..1
         B, T, _ = feats.shape
@@ -216,10 +212,10 @@ class SignalTrainPi(nn.Module):
         h = self.in_proj(0.1 * feats) * (1 + film[:, :, 0]) + film[:, :, 1]  # log power / 10: order 1
         return h, film
 
-    def heads(self, h):  # (B, T, d) -> log-gain (B, T), synthesis frames (B, T, synth)
+    def heads(self, h):  # (B, T, d) -> log-gain (B, T), FIR coefficients (B, T, taps), oldest tap first
         h = self.ln_out(h)
         m = self.cfg.max_log_gain
-        return m * torch.tanh(self.gain_head(h)[..., 0] / m), self.synth_head(h)
+        return m * torch.tanh(self.gain_head(h)[..., 0] / m), self.fir_head(h)
 
     # --- offline (training) form ------------------------------------------------------------------
     def forward(self, x: torch.Tensor, knobs: torch.Tensor) -> torch.Tensor:
@@ -235,13 +231,17 @@ class SignalTrainPi(nn.Module):
         h, film = self.trunk_in(self.features(frames), knobs)
         for i, blk in enumerate(self.blocks):
             h = blk(h, film[:, :, 2 + 4 * i: 6 + 4 * i])
-        s, syn = self.heads(h)  # (B, T), (B, T, synth)
-        syn = syn * self.level(frames) * self.synth_window
+        s, c = self.heads(h)  # (B, T), (B, T, K)
         s_prev = F.pad(s[:, :-1], (1, 0))  # zero log-gain before the start
         s_n = s_prev[..., None] + (s - s_prev)[..., None] * self.ramp  # (B, T, H) per-sample log-gain
-        k = cfg.synth // H
-        syn = F.pad(syn, (0, 0, k - 1, 0)).view(B, T + k - 1, k, H)
-        r = sum(syn[:, k - 1 - j: k - 1 - j + T, j] for j in range(k))  # overlap-add (B, T, H)
+        c_prev = F.pad(c[:, :-1], (0, 0, 1, 0))
+        K = cfg.fir_taps
+        past = F.pad(x, (K - 1, 0)).unfold(1, K, 1).reshape(B * T, H, K)  # x[n-K+1..n], oldest first
+        # ramping the taps = ramping between the outputs of the two filters (linear in c): two
+        # small matmuls instead of a (B, T, H, K) tensor of per-sample taps
+        now = torch.bmm(past, c.reshape(B * T, K, 1)).view(B, T, H)
+        before = torch.bmm(past, c_prev.reshape(B * T, K, 1)).view(B, T, H)
+        r = before + (now - before) * self.ramp  # (B, T, H)
         return (torch.exp(s_n) * x.view(B, T, H) + r).reshape(B, N)
 
 
@@ -257,7 +257,7 @@ class StepModel(nn.Module):
         self.m = model
         cfg = model.cfg
         d, L, M = cfg.d_model, cfg.local_frames, cfg.mem_slots
-        parts = [("analysis", (cfg.window - cfg.hop,)), ("synth_tail", (cfg.synth - cfg.hop,)),
+        parts = [("analysis", (cfg.window - cfg.hop,)), ("fir_prev", (cfg.fir_taps,)),
                  ("log_gain_prev", (1,)), ("block_phase", (1,))]
         if cfg.attention == "sparse":
             for i in range(cfg.n_blocks):
@@ -291,14 +291,15 @@ class StepModel(nn.Module):
                 a = blk.ln1(h) * (1 + f[:, :, 0]) + f[:, :, 1]
                 h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flag)[:, None, :]
             h = h + blk.ffn(blk.ln2(h) * (1 + f[:, :, 2]) + f[:, :, 3])
-        s, syn = m.heads(h)  # (1, 1), (1, 1, synth)
-        syn = syn * m.level(frame)[:, None, :] * m.synth_window
-        s_prev = parts["log_gain_prev"]
-        new["log_gain_prev"] = s[:, 0:1]
+        s, c = m.heads(h)  # (1, 1), (1, 1, K)
+        s_prev, c_prev, K = parts["log_gain_prev"], parts["fir_prev"], cfg.fir_taps
+        new["log_gain_prev"], new["fir_prev"] = s[:, 0:1], c[:, 0]
         s_n = s_prev + (s[:, 0:1] - s_prev) * m.ramp  # (1, H)
-        acc = torch.cat([parts["synth_tail"], torch.zeros(1, H)], dim=1) + syn[:, 0]  # (1, synth)
-        new["synth_tail"] = acc[:, H:]
-        out = torch.exp(s_n) * audio + acc[:, :H]
+        seg = frame[:, cfg.window - H - K + 1:]  # (1, H + K - 1): the hop and the K - 1 samples before it
+        past = torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)  # (H, K), slices only
+        now = (past @ c[0, 0][:, None])[:, 0]  # (H,)
+        before = (past @ c_prev[0][:, None])[:, 0]
+        out = torch.exp(s_n) * audio + before + (now - before) * m.ramp
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)
 
     def _attend(self, attn: SparseAttention, a, parts, new, pre, flag):  # a (1, d) -> (1, d)
@@ -331,7 +332,7 @@ def macs_per_second(cfg: ModelConfig) -> float:
     per_frame += cfg.n_knobs * 64 + 64 * (2 + 4 * cfg.n_blocks) * d  # FiLM
     attn = 3 * d * d + d * d + 2 * (cfg.local_frames + cfg.mem_slots) * d if cfg.attention == "sparse" else 0
     per_frame += cfg.n_blocks * (attn + 2 * d * f)
-    per_frame += d * (1 + cfg.synth) + 2 * cfg.hop  # heads, gain and overlap-add
+    per_frame += d * (1 + cfg.fir_taps) + cfg.hop * (2 + 2 * cfg.fir_taps)  # heads, gain, FIR and its ramp
     return per_frame * cfg.sample_rate / cfg.hop
 
 

@@ -27,6 +27,7 @@ class TrainConfig:
     data: str = "data/comp4-demo"
     out: str = "runs/comp4"
     minutes: float = 5.0  # wall-clock budget for the optimisation loop
+    arch: str = "pi"  # "pi" (SignalTrain-Pi, the product) or a comparison baseline from training/baselines.py
     tier: str = "small"
     hop: int = 64
     attention: str = "sparse"
@@ -34,6 +35,7 @@ class TrainConfig:
     lookback_s: float = 0.5  # context only, not scored
     tail_s: float = 0.5  # scored
     lr: float = 3e-3
+    stft_weight: float = 0.1  # multi-resolution STFT loss (auraloss) beside ESR: penalises hop-rate buzz ESR barely sees
     warmup_steps: int = 50
     val_every_s: float = 20.0
     val_chunks: int = 32
@@ -75,13 +77,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
     val_set = PairSet(Path(cfg.data), "Val")
     mcfg = tier_config(cfg.tier, hop=cfg.hop, attention=cfg.attention, n_knobs=len(train_set.knob_specs),
                        sample_rate=train_set.sample_rate)
-    model = SignalTrainPi(mcfg)
+    if cfg.arch == "pi":
+        model = SignalTrainPi(mcfg)
+    else:  # comparison baselines (no streaming form, never converted)
+        from .baselines import build_baseline
+        model = build_baseline(cfg.arch, n_knobs=len(train_set.knob_specs), sample_rate=train_set.sample_rate)
+        mcfg = model.cfg
     look, tail = chunk_sizes(cfg, mcfg.hop, mcfg.sample_rate)
     vx, vy, vk = val_set.fixed_chunks(look + tail, cfg.val_chunks)
     dry_val = float(esr(torch.from_numpy(vx[:, look:]), torch.from_numpy(vy[:, look:])).mean())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    stft_loss = None
+    if cfg.stft_weight > 0:
+        import auraloss
+        stft_loss = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=[256, 1024, 2048], hop_sizes=[64, 256, 512],
+                                                          win_lengths=[256, 1024, 2048])
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: tier {cfg.tier}, {n_params / 1e3:.1f} k params, hop {mcfg.hop}, attention {mcfg.attention}; "
+    log(f"model: {cfg.arch}, tier {cfg.tier}, {n_params / 1e3:.1f} k params, hop {mcfg.hop}, "
+        f"attention {getattr(mcfg, 'attention', '-')}; "
         f"chunks {look / mcfg.sample_rate:.2f} s look-back + {tail / mcfg.sample_rate:.2f} s scored; "
         f"{len(train_set.pairs)} train pairs; dry-signal val ESR {dry_val:.3f}")
 
@@ -102,7 +115,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             g["lr"] = lr
         xs, ys, ks = train_set.batch(rng, cfg.batch, look + tail)
         x, y, k = torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(ks)
-        loss = esr(model(x, k)[:, look:], y[:, look:]).mean()
+        pred = model(x, k)[:, look:]
+        loss = esr(pred, y[:, look:]).mean()
+        if stft_loss is not None:
+            loss = loss + cfg.stft_weight * stft_loss(pred[:, None], y[:, None, look:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -142,7 +158,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def save_checkpoint(path: Path, model: SignalTrainPi, cfg: TrainConfig, data: PairSet, metrics: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "train_config": asdict(cfg),
+    torch.save({"arch": cfg.arch, "model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "train_config": asdict(cfg),
                 "effect": data.effect, "knobs": [k.to_dict() for k in data.knob_specs], "metrics": metrics}, tmp)
     tmp.replace(path)
 
@@ -151,7 +167,11 @@ def load_checkpoint(path: str | Path):
     """-> (model in eval mode, checkpoint dict)."""
     from .model import ModelConfig
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    model = SignalTrainPi(ModelConfig(**ck["model_config"]))
+    if ck.get("arch", "pi") == "pi":
+        model = SignalTrainPi(ModelConfig(**ck["model_config"]))
+    else:
+        from .baselines import baseline_from_config
+        model = baseline_from_config(ck["arch"], ck["model_config"])
     model.load_state_dict(ck["state_dict"])
     return model.eval(), ck
 
