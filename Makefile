@@ -20,7 +20,7 @@ DEMO := out/demo
 TESTKIT := build/testkit
 
 .PHONY: demo test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
-        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train
+        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak
 
 # ---------------------------------------------------------------------------------------------------
 # set-up (idempotent: stamps are rewritten only when a requirements file changes)
@@ -122,6 +122,15 @@ bench-context: .venv-host/.stamp
 
 bench-loader: .venv-host/.stamp $(DATA)/dataset.json
 	$(HOST) -m training.bench_loader --data $(DATA)
+
+# the daemon for SOAK_MINUTES at 128- and 64-frame periods on the JACK dummy, the other core busy,
+# beside a do-nothing pass-through (about 4 x SOAK_MINUTES + a minute)
+SOAK_MINUTES ?= 10
+SOAK_BUNDLE ?= $(TESTKIT)/tiny.pedal
+bench-soak: .venv-device/.stamp $(TESTKIT)/tiny.pedal
+	@mkdir -p out/bench
+	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 128 --bundle $(SOAK_BUNDLE) --out out/bench/soak-128.json
+	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 64 --bundle $(SOAK_BUNDLE) --out out/bench/soak-64.json
 
 # attention vs no attention, same data and budget each (2 x MINUTES of training)
 bench-train: .venv-host/.stamp $(DATA)/dataset.json

@@ -94,6 +94,9 @@ class Manifest:
     training: dict = field(default_factory=dict)  # metrics and provenance
     description: str = ""
     schema_version: int = SCHEMA_VERSION
+    # how the models were made and chosen: the precision rule and its outcome, calibration, I/O
+    # layout, precisions left out and why (written by convert/; optional, informational)
+    conversion: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -111,6 +114,7 @@ class Manifest:
             "tolerances": self.tolerances,
             "golden": self.golden,
             "training": self.training,
+            "conversion": self.conversion,
         }
 
     @classmethod
@@ -159,6 +163,7 @@ class Manifest:
             state_size=int(state.get("size", -1)), state_layout=list(state.get("layout", [])),
             models=models, default_precision=need("default_precision", str), files=need("files", dict),
             tolerances=need("tolerances", dict), golden=need("golden", dict), training=d.get("training", {}),
+            conversion=d.get("conversion", {}),
         )
         man._check_shapes(where)
         return man
@@ -215,6 +220,10 @@ class Bundle:
             ver = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in e.verified.items())
             star = "*" if p == m.default_precision else " "
             lines.append(f" {star}{p:<13} {e.file:<26} {size / 1024:8.1f} KiB  {ver}")
+        if m.conversion.get("default_reason"):
+            lines.append(f"default  {m.default_precision}: {m.conversion['default_reason']}")
+        for p, why in m.conversion.get("left_out", {}).items():
+            lines.append(f"left out {p}: {why}")
         if m.training:
             met = m.training.get("metrics", {})
             lines.append("training " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in met.items()))

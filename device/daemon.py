@@ -3,8 +3,20 @@
 Two threads. The audio thread does nothing but read a period, run the engine hop by hop and
 write the period (no allocation of buffers, no file I/O, no logging, no locks; real-time
 priority and locked memory where the system allows). The monitor thread does everything else:
-logs the engine's and the knobs' events, counts xruns, answers status requests, pings the
-systemd watchdog only while the audio thread is making progress, and loads new bundles.
+logs what the audio thread counted (xruns, a lost device, engine faults), answers the status
+socket, tells systemd it is ready and pings its watchdog while the audio thread is alive, drives
+the LED, and loads new bundles on a helper thread.
+
+What the player hears when something goes wrong:
+
+    xrun (the box was late)        one period of sound lost, both streams restarted as at start-up,
+                                   so the latency afterwards is what it was
+    compute overrun, NaN/Inf,      the engine crossfades to the dry signal, resets the model and
+    model crash                    fades back in once it is healthy (engine.py)
+    sound card gone                silence (nothing can play), retried with back-off from 50 ms to
+                                   2 s; the sound fades back in when the card returns
+    bad bundle on a hot swap       nothing: the current model keeps playing; the LED blinks
+    knob ADC gone                  nothing: knobs hold their last good positions; the LED blinks
 """
 from __future__ import annotations
 
@@ -13,6 +25,7 @@ import gc
 import json
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -20,15 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AlsaDuplex, AlsaError
+from .audio import AlsaDuplex, AlsaError, DeviceLost
 from .bundle import BundleError, load_bundle
 from .engine import Engine
 
 log = logging.getLogger("pedal")
 
+XRUN_CAPTURE, XRUN_PLAYBACK, XRUN_DRIFT = 0, 1, 2
+FAULT_LED_S = 5.0  # a refused bundle blinks the LED this long
+
 
 def setup_realtime(priority: int, lock_memory: bool, cpu: int = -1) -> list[str]:
-    """Ask for SCHED_FIFO, mlockall and a CPU; -> what could not be had (said at start-up)."""
+    """For the calling thread: SCHED_FIFO ``priority`` and pinning to ``cpu``; for the process:
+    mlockall. -> what could not be had (said at start-up)."""
     missing = []
     if cpu >= 0:
         try:
@@ -46,6 +63,39 @@ def setup_realtime(priority: int, lock_memory: bool, cpu: int = -1) -> list[str]
         if libc.mlockall(1 | 2) != 0:  # MCL_CURRENT | MCL_FUTURE
             missing.append(f"locked memory ({os.strerror(ctypes.get_errno())}); raise LimitMEMLOCK")
     return missing
+
+
+HELPER_PRIORITY = 1  # SCHED_FIFO priority of the helper threads, far below the audio thread's
+
+
+def helpers_priority(audio_priority: int) -> tuple[int, str]:
+    """Set the calling (main) thread's scheduling for the helper threads it will start (threads
+    inherit their creator's policy); -> (the SCHED_FIFO/RR priority it had, what it is now).
+
+    systemd (CPUSchedulingPolicy=fifo) or ``chrt`` start the whole process at the audio thread's
+    priority; helpers (monitor, knob poller, bundle loader, gpiozero's) must not compete with it.
+    But they must not sink below ordinary processes either: a helper holding Python's GIL and
+    preempted by some other busy process keeps the audio thread waiting for the GIL for a whole
+    time slice, longer than a period. So with a real-time audio thread, helpers run at
+    SCHED_FIFO 1: above every ordinary process, below the audio thread; they sleep nearly all
+    the time. Without one (priority 0), they run as ordinary threads."""
+    had = 0
+    try:
+        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            had = os.sched_getparam(0).sched_priority
+    except OSError:
+        pass
+    if audio_priority > HELPER_PRIORITY:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(HELPER_PRIORITY))
+            return had, f"SCHED_FIFO {HELPER_PRIORITY}"
+        except OSError:
+            pass
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError:
+        pass
+    return had, "normal"
 
 
 def sd_notify(message: str) -> bool:
@@ -83,61 +133,181 @@ class LiveKnobs:
         return self.positions
 
 
+class PassThrough:
+    """An engine that does nothing: input to output. ``run --passthrough`` checks the audio path
+    without a model, and the soak benchmark compares the daemon with it."""
+
+    bundle = None
+    mix, fault_hops, bypassed = 1.0, 0, False
+
+    def __init__(self, hop: int = 64, sample_rate: int = 48000):
+        self.hop, self.sample_rate = hop, sample_rate
+        self.knobs = np.zeros(0, np.float32)
+        self.counts = {"hops": 0}
+
+    def process_hop(self, x: np.ndarray, knob_positions: np.ndarray) -> np.ndarray:
+        self.counts["hops"] += 1
+        return x
+
+    def set_bypass(self, on: bool) -> None:
+        self.bypassed = on
+
+    def prime(self, knob_positions) -> None:
+        pass
+
+    def drain_events(self) -> list[str]:
+        return []
+
+
+def warm_up(engine, hops: int = 16) -> None:
+    """Run the model a few hops on silence before the audio starts: the first invokes of an
+    interpreter are slow (delegate set-up, first touches of its arenas), and a slow first period
+    is an xrun at start-up. The model state is reset afterwards."""
+    runner = getattr(engine, "runner", None)
+    if runner is None:
+        return
+    silence = np.zeros(engine.hop, np.float32)
+    for _ in range(hops):
+        runner.step(silence, engine.knobs)
+    runner.reset()
+
+
 class Daemon:
     def __init__(self, engine: Engine, duplex: AlsaDuplex, knobs, status_socket: Path | None = None,
-                 bundles: list[Path] | None = None, engine_kwargs: dict | None = None, led=None):
+                 bundles: list[Path] | None = None, engine_kwargs: dict | None = None, led=None, poller=None,
+                 stats_periods: int = 1 << 16, reload_path=None, watchdog: bool = True, fade_ms: float = 10.0,
+                 max_backoff_s: float = 2.0):
         if duplex.period % engine.hop:
             raise AlsaError(f"period {duplex.period} frames is not a multiple of the model's hop {engine.hop}")
         self.engine, self.duplex, self.knobs = engine, duplex, knobs
-        self.hops_per_period = duplex.period // engine.hop
-        H = engine.hop
+        P, H = duplex.period, engine.hop
+        self.hops_per_period = P // H
         self.in_views = [duplex.mono_in[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
-        self.out_period = np.zeros(duplex.period, np.float32)
+        self.out_period = np.zeros(P, np.float32)
         self.out_views = [self.out_period[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
-        self.period_s = duplex.period / duplex.rate
-        self.work_s = np.zeros(1 << 16, np.float32)  # per-period work time ring (benchmarks, status)
+        self.period_s = P / duplex.rate
+        # Rings the audio thread writes and the monitor (or `run --stats`) reads: one entry per period.
+        self.ring = max(int(stats_periods), 1024)
+        self.work_s = np.zeros(self.ring, np.float32)  # read returned -> period encoded for playback
+        self.t_period = np.zeros(self.ring, np.float64)  # perf_counter() when each period arrived
+        self.xrun_at = np.zeros(256, np.int64)  # periods_done at each xrun
+        # After the card comes back, the output fades in from silence (the input restarts mid-waveform).
+        fade_n = max(1, int(fade_ms * duplex.rate / 1000))
+        self.fade_periods = -(-fade_n // P)
+        self.fade = np.ones(self.fade_periods * P, np.float32)
+        self.fade[:fade_n] = np.arange(1, fade_n + 1, dtype=np.float32) / fade_n
+        self.fade_views = [self.fade[k * P:(k + 1) * P] for k in range(self.fade_periods)]
+        self.fade_left = 0
         self.periods_done = 0
+        self.hop_index = 0
+        self.heartbeat = 0  # advances on every pass of the audio loop, back-off included (watchdog)
         self.xruns = 0
+        self.xrun_kinds = [0, 0, 0]  # capture overruns, playback underruns, latency drifts (audio.py)
+        self.device_lost = self.device_back = self.reopen_failures = 0
+        self.device_down = False
+        self.lost_reason = ""
+        self.lost_since = 0.0
+        self.max_backoff_s = max_backoff_s
         self.running = False
         self.user_bypass = False
         self.pending: Engine | None = None
+        self.swaps = 0
         self.status_socket = status_socket
         self.bundles = bundles or []
         self.bundle_index = 0
         self.engine_kwargs = engine_kwargs or {}
-        self.led = led
+        self.led, self.poller = led, poller
+        self.reload_path = reload_path  # () -> the configured bundle path (SIGHUP, "reload")
+        self.watchdog = watchdog
+        self.fault_until = 0.0
+        self.last_load: dict | None = None
+        self.ready = False
         self.started = time.time()
+        self.stall_s = 0.0
+        self.test_hooks = os.environ.get("PEDAL_TEST_HOOKS") == "1"
 
     # --- audio thread ------------------------------------------------------------------------------
     def run(self, max_periods: int = 0) -> None:
         """The audio loop; returns after ``max_periods`` periods (0 = until ``stop``)."""
-        d, hops, H = self.duplex, self.hops_per_period, self.engine.hop
+        d, hops = self.duplex, self.hops_per_period
         self.running = True
-        d.prefill()
+        self.work_s.fill(0.0)  # touch every page now: a first write to a fresh page is a pause
+        self.t_period.fill(0.0)
         gc.collect()
         gc.freeze()
         gc.disable()  # the loop creates no cyclic garbage; a collection would be a pause of our own making
-        hop_index = 0
         try:
             while self.running and (max_periods == 0 or self.periods_done < max_periods):
-                n = d.read()
-                t0 = time.perf_counter()
-                if n < 0:
-                    self.xruns += 1
-                    d.recover()
-                    continue
-                if self.pending is not None:
-                    self._swap_step()
-                engine = self.engine
-                for h in range(hops):
-                    self.out_views[h][:] = engine.process_hop(self.in_views[h], self.knobs.at(hop_index))
-                    hop_index += 1
-                self.work_s[self.periods_done & 0xFFFF] = time.perf_counter() - t0
-                d.write(self.out_period)
-                self.periods_done += 1
+                self.heartbeat += 1
+                try:
+                    n = d.read()
+                    if n < 0:
+                        self._xrun(XRUN_DRIFT if n == -2 else XRUN_CAPTURE)
+                        continue
+                    if self.stall_s > 0.0:  # test hook (PEDAL_TEST_HOOKS=1, "stall MS"): a late period, on purpose
+                        time.sleep(self.stall_s)
+                        self.stall_s = 0.0
+                    if self.pending is not None:
+                        self._swap_step()
+                    engine, hop_index = self.engine, self.hop_index
+                    for h in range(hops):
+                        self.out_views[h][:] = engine.process_hop(self.in_views[h], self.knobs.at(hop_index))
+                        hop_index += 1
+                    self.hop_index = hop_index
+                    if self.fade_left:
+                        self.out_period *= self.fade_views[self.fade_periods - self.fade_left]
+                        self.fade_left -= 1
+                    d.encode(self.out_period)
+                    i = self.periods_done % self.ring
+                    self.work_s[i] = time.perf_counter() - d.t_in
+                    self.t_period[i] = d.t_in
+                    if d.write_encoded() < 0:
+                        self._xrun(XRUN_PLAYBACK)
+                        continue
+                    self.periods_done += 1
+                except DeviceLost as e:
+                    self._device_lost(e)
         finally:
             gc.enable()
             self.running = False
+
+    def _xrun(self, kind: int) -> None:
+        """Count it (the monitor logs it) and restart both streams as at start-up."""
+        self.xrun_at[self.xruns % len(self.xrun_at)] = self.periods_done
+        self.xrun_kinds[kind] += 1
+        self.xruns += 1
+        self.duplex.recover()
+
+    def _device_lost(self, e: Exception) -> None:
+        """The card failed: close it and try to open it again, waiting longer each time (50 ms
+        doubling to ``max_backoff_s``), until it answers or the daemon stops. This is the fault
+        path, so it may allocate; the monitor thread does the logging."""
+        self.lost_reason = str(e)
+        self.lost_since = time.monotonic()
+        self.device_down = True
+        self.device_lost += 1
+        self.duplex.close()
+        backoff = 0.05
+        while self.running:
+            waited = 0.0
+            while waited < backoff and self.running:
+                time.sleep(0.05)
+                waited += 0.05
+                self.heartbeat += 1  # alive and retrying: the watchdog stays fed
+            try:
+                self.duplex.reopen()
+            except AlsaError as e2:
+                self.reopen_failures += 1
+                self.lost_reason = str(e2)
+                self.duplex.close()
+                backoff = min(2 * backoff, self.max_backoff_s)
+                continue
+            # The input restarts wherever the guitar is: fresh model state, output faded in.
+            self.engine.prime(self.engine.knobs)
+            self.fade_left = self.fade_periods
+            self.device_down = False
+            self.device_back += 1
+            return
 
     def _swap_step(self) -> None:
         """Hot swap with a crossfade: fade the current engine to dry, then fade the new one in."""
@@ -149,104 +319,251 @@ class Daemon:
         new.prime(self.engine.knobs)  # starts dry (mix 0) ...
         new.set_bypass(self.user_bypass)  # ... and ramps in unless the player has bypass on
         self.engine = new
+        self.swaps += 1
 
     def stop(self) -> None:
         self.running = False
 
     # --- control (any thread) ------------------------------------------------------------------------
-    def toggle_bypass(self) -> None:
-        self.user_bypass = not self.user_bypass
+    def set_bypass(self, on: bool) -> None:
+        self.user_bypass = bool(on)
         self.engine.set_bypass(self.user_bypass)
-        if self.led is not None:
-            self.led.show("bypass" if self.user_bypass else "on")
+        self._show_led()
+
+    def toggle_bypass(self) -> None:
+        self.set_bypass(not self.user_bypass)
 
     def next_bundle(self) -> None:
         if self.bundles:
             self.bundle_index = (self.bundle_index + 1) % len(self.bundles)
             self.load_async(self.bundles[self.bundle_index])
 
+    def reload(self) -> threading.Thread | None:
+        """Load the configured bundle again (SIGHUP): a new file at the same path, or a new path in the config."""
+        if self.reload_path is None:
+            log.warning("reload: no configured bundle to reload")
+            return None
+        try:
+            path = self.reload_path()
+        except Exception as e:  # a config edited into something invalid: keep playing what we have
+            log.error("reload refused, keeping the current bundle: %s", e)
+            self._refused(str(e), None)
+            return None
+        log.info("reload: loading %s", path)
+        return self.load_async(path)
+
     def load_async(self, path: Path) -> threading.Thread:
         """Load and self-check a bundle off the audio thread; swap it in only if it passes."""
+        path = Path(path)
+
         def work():
             try:
+                t = [time.perf_counter()]
                 bundle = load_bundle(path)
+                t.append(time.perf_counter())
                 from .selftest import check_golden
                 result = check_golden(bundle, self.engine_kwargs.get("precision"))
+                t.append(time.perf_counter())
                 if not result["ok"]:
                     raise BundleError(f"{path}: golden vectors fail ({result['snr_db']:.1f} dB < {result['snr_db_min']} dB)")
                 engine = Engine(bundle, **self.engine_kwargs)
+                engine.budget_s = getattr(self.engine, "budget_s", 0.0)
+                warm_up(engine)  # its first invokes are slow: not in the audio thread's period
+                t.append(time.perf_counter())
+                log.debug("bundle %s: loaded in %.0f ms, golden vectors %.0f ms, engine %.0f ms", path,
+                          *(1000 * np.diff(t)))
                 if engine.hop != self.engine.hop or engine.sample_rate != self.engine.sample_rate:
                     raise BundleError(f"{path}: hop {engine.hop} / {engine.sample_rate} Hz differs from the running "
                                       f"{self.engine.hop} / {self.engine.sample_rate} Hz")
                 self.pending = engine
-                log.info("bundle %s passed its self-check; crossfading to it", path)
-            except (BundleError, OSError, ValueError) as e:
+                self.last_load = {"path": str(path), "ok": True, "message": "passed its self-check; crossfading to it",
+                                  "at": time.time()}
+                log.info("bundle %s passed its self-check (%.1f dB vs PyTorch); crossfading to it", path, result["snr_db"])
+            except Exception as e:  # any failure (bad archive, missing file, bad model): refuse, keep playing
                 log.error("bundle refused, keeping the current one: %s", e)
-                if self.led is not None:
-                    self.led.show("fault")
+                self._refused(str(e), path)
         t = threading.Thread(target=work, name="bundle-loader", daemon=True)
         t.start()
         return t
 
-    # --- monitor thread -------------------------------------------------------------------------------
-    def status(self) -> dict:
-        n = min(self.periods_done, len(self.work_s))
-        work = self.work_s[:n] if n else np.zeros(1, np.float32)
-        m = self.engine.bundle.manifest
-        return {"effect": m.effect, "bundle": str(self.engine.bundle.root), "bypassed": self.engine.bypassed,
-                "in_fault": self.engine.fault_hops > 0, "mix": round(self.engine.mix, 3),
-                "knobs": {k.name: round(k.from_normalized(float(p)), 4) for k, p in zip(m.knobs, self.engine.knobs)},
-                "periods": self.periods_done, "xruns": self.xruns, "engine_faults": dict(self.engine.counts),
-                "load_median": float(np.median(work) / self.period_s), "load_max": float(work.max() / self.period_s),
-                "latency_ms": round(1000 * (self.duplex.period * self.duplex.periods + m.latency_samples) / self.duplex.rate, 2),
-                "uptime_s": round(time.time() - self.started, 1)}
+    def _refused(self, message: str, path) -> None:
+        self.last_load = {"path": str(path) if path else None, "ok": False, "message": message, "at": time.time()}
+        self.fault_until = time.monotonic() + FAULT_LED_S
+        self._show_led()
 
-    def monitor(self, interval_s: float = 0.5) -> None:
-        """Run until the audio loop ends: logs, xruns, watchdog, status socket."""
-        server = None
-        if self.status_socket:
+    def command(self, line: str) -> dict:
+        """One line from the status socket -> the reply.
+
+        ``status`` (or nothing), ``bypass [on|off|toggle]``, ``load PATH``, ``reload`` (the
+        configured bundle, like SIGHUP), ``next`` (the next bundle in bundles_dir)."""
+        words = line.strip().split(maxsplit=1)
+        cmd, arg = (words[0].lower() if words else "status"), (words[1].strip() if len(words) > 1 else "")
+        if cmd == "status":
+            return self.status()
+        if cmd == "bypass":
+            if arg not in ("", "on", "off", "toggle"):
+                return {"ok": False, "error": f"bypass {arg!r}: say on, off or toggle"}
+            self.set_bypass(arg == "on" if arg in ("on", "off") else not self.user_bypass)
+            return {"ok": True, "bypassed": self.user_bypass}
+        if cmd == "load":
+            if not arg:
+                return {"ok": False, "error": "load needs a bundle path"}
+            self.load_async(Path(arg))
+            return {"ok": True, "loading": arg}
+        if cmd == "reload":
+            return {"ok": self.reload() is not None}
+        if cmd == "stall" and self.test_hooks:
+            self.stall_s = float(arg or 50) / 1000
+            return {"ok": True, "stall_ms": float(arg or 50)}
+        if cmd == "next":
+            self.next_bundle()
+            return {"ok": bool(self.bundles), "bundles": [str(b) for b in self.bundles]}
+        return {"ok": False, "error": f"unknown command {cmd!r}: status, bypass [on|off|toggle], load PATH, reload, next"}
+
+    # --- monitor thread -------------------------------------------------------------------------------
+    def latency_frames(self) -> int:
+        """Input to output, in frames: the ALSA periods, plus whatever of the model's own latency its
+        hop does not already cover (the period is a whole number of hops, so the hop's buffering is
+        inside the period's)."""
+        m = self.engine.bundle.manifest if self.engine.bundle is not None else None
+        extra = max(0, m.latency_samples - m.hop) if m is not None else 0
+        return self.duplex.period * self.duplex.periods + extra
+
+    def led_state(self) -> str:
+        poller_fault = self.poller is not None and self.poller.faulty
+        if self.engine.fault_hops > 0 or self.device_down or poller_fault or time.monotonic() < self.fault_until:
+            return "fault"
+        return "bypass" if self.user_bypass else "on"
+
+    def _show_led(self) -> None:
+        if self.led is not None:
+            self.led.show(self.led_state())
+
+    def status(self) -> dict:
+        n = min(self.periods_done, self.ring)
+        work = self.work_s[:n] if n else np.zeros(1, np.float32)
+        e = self.engine
+        m = e.bundle.manifest if e.bundle is not None else None
+        knobs = {k.name: round(k.from_normalized(float(p)), 4) for k, p in zip(m.knobs, e.knobs)} if m else {}
+        st = {"effect": m.effect if m else "pass-through", "bundle": str(e.bundle.root) if m else None,
+              "bypassed": self.user_bypass, "mix": round(e.mix, 3), "in_fault": e.fault_hops > 0, "knobs": knobs,
+              "periods": self.periods_done, "xruns": self.xruns,
+              "xrun_kinds": {"capture_overrun": self.xrun_kinds[0], "playback_underrun": self.xrun_kinds[1],
+                             "latency_drift": self.xrun_kinds[2]},
+              "device_lost": self.device_lost, "device_down": self.device_down, "device_back": self.device_back,
+              "engine_faults": dict(e.counts),
+              "load_median": float(np.median(work) / self.period_s),
+              "load_p99": float(np.percentile(work, 99) / self.period_s),
+              "load_max": float(work.max() / self.period_s),
+              "period": self.duplex.period, "periods_buffered": self.duplex.periods, "rate": self.duplex.rate,
+              "latency_frames": self.latency_frames(),
+              "latency_ms": round(1000 * self.latency_frames() / self.duplex.rate, 2),
+              "swaps": self.swaps, "swap_pending": self.pending is not None, "last_load": self.last_load,
+              "led": self.led_state(), "uptime_s": round(time.time() - self.started, 1)}
+        if self.poller is not None:
+            st["knob_faults"] = {name: self.poller.fault_counts[i] for i, name, _ in self.poller.processor.pots}
+            st["knobs_in_fault"] = [name for i, name, _ in self.poller.processor.pots if self.poller.in_fault[i]]
+        return st
+
+    def _open_server(self):
+        if not self.status_socket:
+            return None
+        path = Path(self.status_socket)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(str(path))
+            os.chmod(path, 0o660)  # the daemon's user and group (pedal) may ask; nobody else
+            server.listen(4)
+            return server
+        except OSError as e:
+            log.warning("no status socket at %s: %s", path, e)
+            return None
+
+    def _serve(self, server) -> None:
+        """Answer one client: read its command line (or none), send one JSON line."""
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
             try:
-                Path(self.status_socket).parent.mkdir(parents=True, exist_ok=True)
-                if Path(self.status_socket).exists():
-                    Path(self.status_socket).unlink()
-                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                server.bind(str(self.status_socket))
-                server.listen(2)
-                server.settimeout(interval_s)
-            except OSError as e:
-                log.warning("no status socket at %s: %s", self.status_socket, e)
-                server = None
-        sd_notify("READY=1")
-        last_periods, last_xruns = -1, 0
+                conn.settimeout(0.5)
+                data = b""
+                try:
+                    while b"\n" not in data and len(data) < 4096:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                except socket.timeout:
+                    pass
+                reply = self.command(data.decode(errors="replace"))
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except Exception as e:  # a client that misbehaves must not take the monitor down
+                log.warning("status socket: %s", e)
+
+    def monitor(self, interval_s: float = 0.1) -> None:
+        """Run until the audio loop ends: logs, xruns, systemd notify + watchdog, status socket, LED."""
+        server = self._open_server()
+        seen = {"xruns": 0, "lost": 0, "back": 0, "failures": 0}
+        last_hb, hb_changed, last_ping = -1, time.monotonic(), 0.0
         while self.running:
             if server is not None:
-                try:
-                    conn, _ = server.accept()
-                    with conn:
-                        conn.sendall(json.dumps(self.status()).encode() + b"\n")
-                except (socket.timeout, OSError):
-                    pass
+                readable, _, _ = select.select([server], [], [], interval_s)
+                if readable:
+                    self._serve(server)
             else:
                 time.sleep(interval_s)
-            for msg in self.engine.drain_events():
-                log.warning("engine: %s", msg) if "back" not in msg and "bypass" not in msg else log.info("engine: %s", msg)
-                if self.led is not None:
-                    self.led.show("fault" if self.engine.fault_hops > 0 else "bypass" if self.engine.bypassed else "on")
-            if self.xruns != last_xruns:
-                log.warning("xrun: %d so far (ALSA over/underrun; recovered)", self.xruns)
-                last_xruns = self.xruns
-            if self.periods_done != last_periods:  # the audio thread is alive: tell systemd
+            self._report(seen)
+            now = time.monotonic()
+            if not self.ready and self.periods_done > 0:  # audio flows: tell systemd we are up
+                self.ready = True
+                sd_notify(f"READY=1\nSTATUS=playing {self.status()['effect']}")
+            if self.heartbeat != last_hb:
+                last_hb, hb_changed = self.heartbeat, now
+            # ping only while the audio thread is alive (a period done, or a retry, in the last 0.5 s):
+            # a loop stuck inside ALSA starves the watchdog and systemd restarts the daemon
+            if self.watchdog and self.ready and now - hb_changed < 0.5 and now - last_ping >= 0.5:
                 sd_notify("WATCHDOG=1")
-                last_periods = self.periods_done
+                last_ping = now
+            self._show_led()
+        self._report(seen)
         if server is not None:
             server.close()
             Path(self.status_socket).unlink(missing_ok=True)
 
+    def _report(self, seen: dict) -> None:
+        """Log what happened since the last call (monitor thread only)."""
+        for msg in self.engine.drain_events():
+            (log.info if "back" in msg or "bypass" in msg else log.warning)("engine: %s", msg)
+        if self.xruns != seen["xruns"]:
+            new = self.xruns - seen["xruns"]
+            log.warning("xrun: %d new, %d so far (%d capture overruns, %d playback underruns, %d latency drifts); "
+                        "both streams restarted, latency %d frames as before", new, self.xruns, *self.xrun_kinds,
+                        self.latency_frames())
+            seen["xruns"] = self.xruns
+        if self.device_lost != seen["lost"]:
+            log.error("ALSA device lost: %s; retrying with back-off (50 ms to %.0f s)", self.lost_reason,
+                      self.max_backoff_s)
+            seen["lost"] = self.device_lost
+        if self.reopen_failures != seen["failures"]:
+            failures = self.reopen_failures
+            if failures & (failures - 1) == 0:  # 1, 2, 4, 8 ... failures: say it, but not every time
+                log.warning("ALSA device still missing after %d tries: %s", failures, self.lost_reason)
+            seen["failures"] = failures
+        if self.device_back != seen["back"]:
+            log.info("ALSA device back after %.1f s; playing again", time.monotonic() - self.lost_since)
+            seen["back"] = self.device_back
 
-def query_status(path: str | Path, timeout_s: float = 2.0) -> dict:
+
+def query_status(path: str | Path, command: str = "status", timeout_s: float = 2.0) -> dict:
+    """Send one command line to a running daemon's status socket; -> its JSON reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(str(path))
+        s.sendall(command.encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)

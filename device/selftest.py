@@ -24,19 +24,31 @@ def snr_db(ref: np.ndarray, out: np.ndarray) -> float:
     return float("inf") if err == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / err)
 
 
-def check_golden(bundle: Bundle, precision: str | None = None, threads: int = 1) -> dict:
-    """Run the golden input + knob automation through the step model; compare to PyTorch's output."""
-    m = bundle.manifest
-    precision = precision or m.default_precision
+def esr(ref: np.ndarray, out: np.ndarray) -> float:
+    """Error-to-signal ratio of ``out`` against the reference ``ref``."""
+    return float(np.sum((out.astype(np.float64) - ref) ** 2) / max(np.sum(ref.astype(np.float64) ** 2), 1e-12))
+
+
+def run_golden(bundle: Bundle, precision: str, threads: int = 1) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The golden input + knob automation through the step model: -> (output, per-hop seconds, golden)."""
     g = bundle.golden()
     runner = StepRunner(bundle, precision, threads)
-    H, n = m.hop, len(g["knob_positions"])
+    H, n = bundle.manifest.hop, len(g["knob_positions"])
     out = np.empty(n * H, np.float32)
     times = np.empty(n)
     for t in range(n):
         t0 = time.perf_counter()
         out[t * H:(t + 1) * H] = runner.step(g["input"][t * H:(t + 1) * H], g["knob_positions"][t])
         times[t] = time.perf_counter() - t0
+    return out, times, g
+
+
+def check_golden(bundle: Bundle, precision: str | None = None, threads: int = 1) -> dict:
+    """Run the golden vectors through the step model; compare to PyTorch's output."""
+    m = bundle.manifest
+    precision = precision or m.default_precision
+    out, times, g = run_golden(bundle, precision, threads)
+    H = m.hop
     snr = snr_db(g["expected"][: len(out)], out)
     floor = float(m.tolerances.get(precision, {}).get("snr_db_min", 90.0))
     hop_s = H / m.sample_rate

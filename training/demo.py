@@ -18,6 +18,7 @@ import soundfile as sf
 
 from device.automation import load_automation, positions_per_hop, save_automation
 from device.knobspec import KnobSpec
+from device.selftest import esr
 
 from .data import read_pairs
 from .effects import get_effect
@@ -50,10 +51,6 @@ def prepare(data: Path, out: Path, hop: int, seconds_per_source: float = 4.0) ->
     sf.write(out / "input.wav", x, sr, subtype="FLOAT")
     sf.write(out / "target.wav", y, sr, subtype="FLOAT")
     print(f"demo input: {len(seen)} held-out sources, {dur:.1f} s, knob sweep of {[s.name for s in specs]} -> {out}")
-
-
-def esr(ref, out) -> float:
-    return float(np.sum((out.astype(np.float64) - ref) ** 2) / max(np.sum(ref.astype(np.float64) ** 2), 1e-12))
 
 
 def report(out: Path, run: Path, bundle_dir: Path, timings: dict | None = None) -> Path:

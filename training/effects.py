@@ -21,6 +21,7 @@ class Effect:
     knobs: tuple[KnobSpec, ...]
     make: Callable[..., pb.Pedalboard]  # knob values by name -> a fresh board (or one that quacks like it)
     update: Callable[[pb.Pedalboard, dict], None] | None = None  # set knobs on a running board
+    gain_only: bool = False  # the effect is a time-varying gain (dynamics): the model needs no residual path
 
     @property
     def knob_names(self) -> list[str]:
@@ -136,6 +137,7 @@ class NoiseAdder:
 COMP4 = Effect(
     name="comp4",
     description="compressor, 4 knobs (pedalboard Compressor)",
+    gain_only=True,
     knobs=(
         KnobSpec("threshold_db", "dB", -50.0, 0.0, -20.0, "lin"),
         KnobSpec("ratio", ":1", 1.5, 10.0, 4.0, "log"),

@@ -54,11 +54,13 @@ def evaluate(checkpoint: Path, data: Path, out: Path, log=print) -> dict:
     settings.sort(key=lambda s: s["esr"])
     esr = np.array([s["esr"] for s in settings])
     dry = np.array([s["dry_esr"] for s in settings])
+    junk = [tone_junk_db(model, k) for k in test.knobs[:: max(1, len(test.knobs) // 4)]]
     summary = {"test_settings": len(settings), "test_sources": len({p.source for p in test.pairs}),
                "esr_mean": float(esr.mean()), "esr_median": float(np.median(esr)), "esr_worst": float(esr.max()),
                "worst_setting": settings[-1]["knobs"], "dry_esr_mean": float(dry.mean()), "dry_esr_worst": float(dry.max()),
                "mrstft_mean": float(np.mean([s["mrstft"] for s in settings])),
-               "loudness_diff_db_mean": float(np.mean([s["loudness_diff_db"] for s in settings]))}
+               "loudness_diff_db_mean": float(np.mean([s["loudness_diff_db"] for s in settings])),
+               "tone_junk_db_worst": float(max(junk))}
     report = {"checkpoint": str(checkpoint), "effect": ck["effect"], "summary": summary, "settings": settings}
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=1))
@@ -67,8 +69,26 @@ def evaluate(checkpoint: Path, data: Path, out: Path, log=print) -> dict:
     log(f"test ({summary['test_sources']} held-out sources x {len(settings)} held-out settings): ESR mean "
         f"{summary['esr_mean']:.4f}, median {summary['esr_median']:.4f}, worst {summary['esr_worst']:.4f} at "
         f"{summary['worst_setting']}; dry input ESR mean {summary['dry_esr_mean']:.3f}, worst {summary['dry_esr_worst']:.3f}; "
-        f"MR-STFT {summary['mrstft_mean']:.3f}; loudness diff {summary['loudness_diff_db_mean']:.2f} dB")
+        f"MR-STFT {summary['mrstft_mean']:.3f}; loudness diff {summary['loudness_diff_db_mean']:.2f} dB; "
+        f"steady-tone junk {summary['tone_junk_db_worst']:.1f} dB")
     return report
+
+
+@torch.no_grad()
+def tone_junk_db(model, knob_positions: np.ndarray, f0: float = 1000.0, level_db: float = -6.0) -> float:
+    """A steady tone through the model: energy that is neither the tone nor its harmonics,
+    relative to the tone, in dB (hop-rate ripple, buzz, DC). The real compressor: about -134 dB."""
+    sr = model.cfg.sample_rate
+    n = 2 * sr // model.cfg.hop * model.cfg.hop
+    x = (10 ** (level_db / 20) * np.sin(2 * np.pi * f0 * np.arange(n) / sr)).astype(np.float32)
+    y = model(torch.from_numpy(x)[None], torch.from_numpy(np.asarray(knob_positions, np.float32))[None])[0].numpy()[n // 2:]
+    spec = np.abs(np.fft.rfft(y * np.hanning(len(y)))) ** 2
+    freqs = np.fft.rfftfreq(len(y), 1 / sr)
+    harmonic = np.zeros(len(freqs), bool)
+    for h in range(1, int(freqs[-1] // f0) + 1):
+        harmonic |= np.abs(freqs - h * f0) < 20
+    tone = spec[np.abs(freqs - f0) < 20].sum()
+    return float(10 * np.log10(spec[~harmonic].sum() / max(tone, 1e-30) + 1e-30))
 
 
 def plot_settings(settings: list[dict], path: Path) -> None:

@@ -38,10 +38,12 @@ class ModelConfig:
     sample_rate: int = 48000
     hop: int = 64  # samples per step; the algorithmic latency
     window: int = 512  # analysis window (samples), a multiple of hop
-    fir_taps: int = 32  # residual path: a time-varying FIR over the last fir_taps input samples
+    fir_taps: int = 32  # residual path: a time-varying FIR over the last fir_taps input samples;
+    #                     0 = none, y = gain x input (a compressor is exactly that, and learns faster)
+    fir_scale: float = 0.1  # the taps move 10x slower than the gain: level belongs to the gain path
     n_bins: int = 64  # analysis filterbank channels (Hann-windowed DFT bins, log-spaced)
-    learn_analysis: bool = False  # a learned filterbank drifts from quadrature: its magnitudes then
-    #                               jitter with the input's phase and the gain buzzes at the hop rate
+    learn_analysis: bool = True  # learn the filterbank from its DFT init (it learns far faster; a
+    #                              fixed one keeps magnitudes phase-invariant: less hop-rate ripple)
     d_model: int = 64
     n_heads: int = 4
     n_blocks: int = 2
@@ -191,8 +193,10 @@ class SignalTrainPi(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.ln_out = nn.LayerNorm(d, elementwise_affine=False)
         self.gain_head = nn.Linear(d, 1)
-        self.fir_head = nn.Linear(d, cfg.fir_taps)
+        self.fir_head = nn.Linear(d, cfg.fir_taps) if cfg.fir_taps else None
         for lin in (self.gain_head, self.fir_head, self.film[-1]):
+            if lin is None:
+                continue
             nn.init.normal_(lin.weight, std=1e-3)
             nn.init.zeros_(lin.bias)
         # raised-cosine ramp from one hop's gain to the next: no slope corners at the hop rate
@@ -215,7 +219,8 @@ class SignalTrainPi(nn.Module):
     def heads(self, h):  # (B, T, d) -> log-gain (B, T), FIR coefficients (B, T, taps), oldest tap first
         h = self.ln_out(h)
         m = self.cfg.max_log_gain
-        return m * torch.tanh(self.gain_head(h)[..., 0] / m), self.fir_head(h)
+        c = self.cfg.fir_scale * self.fir_head(h) if self.fir_head is not None else None
+        return m * torch.tanh(self.gain_head(h)[..., 0] / m), c
 
     # --- offline (training) form ------------------------------------------------------------------
     def forward(self, x: torch.Tensor, knobs: torch.Tensor) -> torch.Tensor:
@@ -234,6 +239,9 @@ class SignalTrainPi(nn.Module):
         s, c = self.heads(h)  # (B, T), (B, T, K)
         s_prev = F.pad(s[:, :-1], (1, 0))  # zero log-gain before the start
         s_n = s_prev[..., None] + (s - s_prev)[..., None] * self.ramp  # (B, T, H) per-sample log-gain
+        y = torch.exp(s_n) * x.view(B, T, H)
+        if c is None:
+            return y.reshape(B, N)
         c_prev = F.pad(c[:, :-1], (0, 0, 1, 0))
         K = cfg.fir_taps
         past = F.pad(x, (K - 1, 0)).unfold(1, K, 1).reshape(B * T, H, K)  # x[n-K+1..n], oldest first
@@ -242,7 +250,7 @@ class SignalTrainPi(nn.Module):
         now = torch.bmm(past, c.reshape(B * T, K, 1)).view(B, T, H)
         before = torch.bmm(past, c_prev.reshape(B * T, K, 1)).view(B, T, H)
         r = before + (now - before) * self.ramp  # (B, T, H)
-        return (torch.exp(s_n) * x.view(B, T, H) + r).reshape(B, N)
+        return (y + r).reshape(B, N)
 
 
 class StepModel(nn.Module):
@@ -257,8 +265,9 @@ class StepModel(nn.Module):
         self.m = model
         cfg = model.cfg
         d, L, M = cfg.d_model, cfg.local_frames, cfg.mem_slots
-        parts = [("analysis", (cfg.window - cfg.hop,)), ("fir_prev", (cfg.fir_taps,)),
-                 ("log_gain_prev", (1,)), ("block_phase", (1,))]
+        parts = [("analysis", (cfg.window - cfg.hop,)), ("log_gain_prev", (1,)), ("block_phase", (1,))]
+        if cfg.fir_taps:
+            parts.append(("fir_prev", (cfg.fir_taps,)))
         if cfg.attention == "sparse":
             for i in range(cfg.n_blocks):
                 parts += [(f"b{i}.k_local", (L - 1, d)), (f"b{i}.v_local", (L - 1, d)),
@@ -292,14 +301,18 @@ class StepModel(nn.Module):
                 h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flag)[:, None, :]
             h = h + blk.ffn(blk.ln2(h) * (1 + f[:, :, 2]) + f[:, :, 3])
         s, c = m.heads(h)  # (1, 1), (1, 1, K)
-        s_prev, c_prev, K = parts["log_gain_prev"], parts["fir_prev"], cfg.fir_taps
-        new["log_gain_prev"], new["fir_prev"] = s[:, 0:1], c[:, 0]
+        s_prev = parts["log_gain_prev"]
+        new["log_gain_prev"] = s[:, 0:1]
         s_n = s_prev + (s[:, 0:1] - s_prev) * m.ramp  # (1, H)
-        seg = frame[:, cfg.window - H - K + 1:]  # (1, H + K - 1): the hop and the K - 1 samples before it
-        past = torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)  # (H, K), slices only
-        now = (past @ c[0, 0][:, None])[:, 0]  # (H,)
-        before = (past @ c_prev[0][:, None])[:, 0]
-        out = torch.exp(s_n) * audio + before + (now - before) * m.ramp
+        out = torch.exp(s_n) * audio
+        if c is not None:
+            c_prev, K = parts["fir_prev"], cfg.fir_taps
+            new["fir_prev"] = c[:, 0]
+            seg = frame[:, cfg.window - H - K + 1:]  # (1, H + K - 1): the hop and the K - 1 samples before it
+            past = torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)  # (H, K), slices only
+            now = (past @ c[0, 0][:, None])[:, 0]  # (H,)
+            before = (past @ c_prev[0][:, None])[:, 0]
+            out = out + before + (now - before) * m.ramp
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)
 
     def _attend(self, attn: SparseAttention, a, parts, new, pre, flag):  # a (1, d) -> (1, d)

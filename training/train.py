@@ -31,6 +31,8 @@ class TrainConfig:
     tier: str = "small"
     hop: int = 64
     attention: str = "sparse"
+    learn_analysis: bool = True
+    fir_taps: int = -1  # residual FIR taps; -1: none for a gain-only effect (a compressor), else 32
     batch: int = 8
     lookback_s: float = 0.5  # context only, not scored
     tail_s: float = 0.5  # scored
@@ -48,6 +50,13 @@ def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.
     """Error-to-signal ratio per item (B,), the modelling error measure of NAM and the literature.
     ``floor`` (an RMS level, -80 dBFS) keeps near-silent chunks from dominating a batch."""
     return ((pred - target) ** 2).sum(-1) / ((target ** 2).sum(-1) + target.shape[-1] * floor ** 2)
+
+
+def default_fir_taps(effect_name: str) -> int:
+    from .effects import CATALOGUE, base_effect_name
+    base, inverse = base_effect_name(effect_name)
+    effect = CATALOGUE.get(base)
+    return 0 if effect is not None and effect.gain_only and not inverse else 32
 
 
 def chunk_sizes(cfg: TrainConfig, hop: int, sample_rate: int) -> tuple[int, int]:
@@ -75,7 +84,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_set = PairSet(Path(cfg.data), "Train")
     val_set = PairSet(Path(cfg.data), "Val")
-    mcfg = tier_config(cfg.tier, hop=cfg.hop, attention=cfg.attention, n_knobs=len(train_set.knob_specs),
+    mcfg = tier_config(cfg.tier, hop=cfg.hop, attention=cfg.attention, learn_analysis=cfg.learn_analysis,
+                       fir_taps=cfg.fir_taps if cfg.fir_taps >= 0 else default_fir_taps(train_set.effect),
+                       n_knobs=len(train_set.knob_specs),
                        sample_rate=train_set.sample_rate)
     if cfg.arch == "pi":
         model = SignalTrainPi(mcfg)
@@ -196,7 +207,8 @@ def plot_history(history: dict, dry: float, path: Path) -> None:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f, v in asdict(TrainConfig()).items():
-        ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
+        kind = (lambda text: text.lower() in ("1", "true", "yes", "on")) if isinstance(v, bool) else type(v)
+        ap.add_argument("--" + f.replace("_", "-"), type=kind, default=v)
     train(TrainConfig(**vars(ap.parse_args(argv))))
 
 

@@ -58,10 +58,11 @@ def test_daemon_through_alsa_equals_offline_render(bundle_path, tmp_path, fmt, d
     assert "xruns 0" in r.stderr
     out = np.fromfile(tmp_path / "out.raw", dtype).reshape(-1, 2).astype(np.float64) / scale
     n = int(seconds * SR) // period * period
-    assert len(out) == n + periods * period  # the prefill, then every period
-    assert not out[: periods * period].any()  # prefill is silence
-    got = out[periods * period:, 0]
-    assert np.array_equal(got, out[periods * period:, 1])  # both output channels carry the mono signal
+    prefill = (periods - 1) * period  # playback starts with the first period, periods - 1 of silence ahead of it
+    assert len(out) == n + prefill  # the prefill, then every period
+    assert not out[:prefill].any()  # prefill is silence
+    got = out[prefill:, 0]
+    assert np.array_equal(got, out[prefill:, 1])  # both output channels carry the mono signal
 
     from device.__main__ import _automation_rows
     rows = _automation_rows(knobs, bundle, n)

@@ -106,7 +106,11 @@ def test_a_model_fault_falls_back_to_dry_without_a_burst_and_recovers(bundle, fa
     assert np.isfinite(out).all()
     assert float(np.abs(out).max()) <= float(np.abs(x).max()) + 1e-6  # no burst
     wet = Engine(bundle).render(x, rows)
-    assert max_step(out) <= max(max_step(x), max_step(wet)) * 1.05 + 1e-4  # no click
+    # no click: the hop that faulted is replaced by the dry signal at the last good gain, which
+    # continues the wet signal closely but not exactly; a hard switch would jump by |dry - wet|
+    hard_jump = float(np.abs(x - wet)[600 * 64:601 * 64].max())
+    assert max_step(out) <= max(max_step(x), max_step(wet)) * 1.25 + 1e-4
+    assert max_step(out) < 0.2 * hard_jump
     fade = int(0.010 * 48000)
     hold_end = 600 * 64 + int(0.25 * 48000)
     assert np.allclose(out[600 * 64 + fade: hold_end - 64], x[600 * 64 + fade: hold_end - 64], atol=1e-6)  # dry

@@ -48,9 +48,9 @@ def test_streaming_equals_offline_on_10_s_with_knob_changes():
     assert float(off.abs().max()) > 0.1  # a real signal, not zeros
 
 
-@pytest.mark.parametrize("T_frames", [50, 203])  # whole and partial local/memory blocks
-def test_streaming_equals_offline_with_small_windows(T_frames):
-    cfg = ModelConfig(local_frames=8, mem_block_frames=5, mem_slots=3)
+@pytest.mark.parametrize("T_frames,fir_taps", [(50, 32), (203, 32), (203, 0)])  # partial blocks; gain-only
+def test_streaming_equals_offline_with_small_windows(T_frames, fir_taps):
+    cfg = ModelConfig(local_frames=8, mem_block_frames=5, mem_slots=3, fir_taps=fir_taps)
     m = randomised(cfg, seed=3)
     x = 0.5 * torch.randn(2, T_frames * cfg.hop)
     k = knob_changes(T_frames, cfg.n_knobs, every=17).expand(2, -1, -1)
