@@ -33,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=REPO / "build/testkit/data", help="any comp4 dataset (golden vectors)")
     ap.add_argument("--out", type=Path, default=REPO / "build/bench_stream")
     ap.add_argument("--device-python", default=str(REPO / ".venv-device/bin/python"))
+    ap.add_argument("--precision", default="float32", help="which of each bundle's models to time")
     a = ap.parse_args(argv)
     effect = get_effect("comp4")
     rows = []
@@ -47,14 +48,15 @@ def main(argv=None):
             torch.save({"model_config": cfg.to_dict(), "state_dict": model.state_dict(), "effect": "comp4",
                         "knobs": [k.to_dict() for k in effect.knobs], "metrics": {}, "train_config": {}}, ck)
             convert(ck, a.data, a.out / name, log=lambda *m: None)
-            r = subprocess.run([a.device_python, "-m", "device.bench_step", "--bundle", str(a.out / f"{name}.pedal")],
+            r = subprocess.run([a.device_python, "-m", "device.bench_step", "--bundle", str(a.out / f"{name}.pedal"),
+                                "--precision", a.precision],
                                capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
             if r.returncode:
                 sys.exit(f"bench_step failed for {name}: {r.stderr[-2000:]}")
             t = json.loads(r.stdout.strip().splitlines()[-1])
             t.update(tier=tier, params=sum(p.numel() for p in model.parameters()), mmacs_per_s=macs_per_second(cfg) / 1e6)
             rows.append(t)
-            print(f"{tier:<9} hop {hop:>3}: {t['params'] / 1e3:6.1f} k params, {t['mmacs_per_s']:6.1f} M MAC/s, "
+            print(f"{tier:<9} hop {hop:>3} {t['precision']}: {t['params'] / 1e3:6.1f} k params, {t['mmacs_per_s']:6.1f} M MAC/s, "
                   f"per hop {t['hop_ms_median']:.4f} ms median / {t['hop_ms_p99']:.4f} ms p99 = "
                   f"{100 * t['realtime_fraction_median']:.2f}% / {100 * t['realtime_fraction_p99']:.2f}% of real time", flush=True)
     (a.out / "bench_stream.json").write_text(json.dumps(rows, indent=1))
