@@ -201,12 +201,9 @@ def estimate_latency(x: np.ndarray, y: np.ndarray, max_lag: int, window: int = L
 
 
 # --- checks on one pair --------------------------------------------------------------------------
-@dataclass
-class PairCheck:
-    problems: list[Problem] = field(default_factory=list)
-    latency: Latency | None = None
-    x: np.ndarray | None = None  # mono input, when usable
-    y: np.ndarray | None = None  # mono target, when usable
+class _Problems:
+    """``errors`` and ``warnings`` of a ``problems`` list."""
+    problems: list[Problem]
 
     @property
     def errors(self) -> list[Problem]:
@@ -215,6 +212,14 @@ class PairCheck:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.level == "warning"]
+
+
+@dataclass
+class PairCheck(_Problems):
+    problems: list[Problem] = field(default_factory=list)
+    latency: Latency | None = None
+    x: np.ndarray | None = None  # mono input, when usable
+    y: np.ndarray | None = None  # mono target, when usable
 
 
 def check_pair(x: np.ndarray, sr_x: int, y: np.ndarray, sr_y: int, input_name: str, target_name: str,
@@ -286,20 +291,12 @@ def align(x: np.ndarray, y: np.ndarray, latency: int) -> tuple[np.ndarray, np.nd
 
 # --- a whole dataset -----------------------------------------------------------------------------
 @dataclass
-class Report:
+class Report(_Problems):
     root: Path
     problems: list[Problem]
     latencies: dict[str, Latency]  # target file -> estimate
     n_pairs: int
     sample_rate: int
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.level == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.level == "warning"]
 
     def lines(self) -> list[str]:
         out = [f"{p.level}: {p}" for p in self.problems]
