@@ -498,10 +498,6 @@ def convert(checkpoint: Path, data: Path, out: Path, report: Path | None = None,
     return dest
 
 
-def path_size(p: Path) -> int:
-    return Path(p).stat().st_size
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True)

@@ -239,7 +239,7 @@ def format_status(st: dict) -> str:
              f"xruns     {st['xruns']} ({st['xrun_kinds']['capture_overrun']} capture overruns, "
              f"{st['xrun_kinds']['playback_underrun']} playback underruns, {st['xrun_kinds']['latency_drift']} "
              f"latency drifts); sound card lost {st['device_lost']}x",
-             f"faults    " + ", ".join(f"{k} {v}" for k, v in st["engine_faults"].items() if k != "hops"),
+             "faults    " + ", ".join(f"{k} {v}" for k, v in st["engine_faults"].items() if k != "hops"),
              "knobs     " + ("  ".join(f"{k} {v:g}" for k, v in st["knobs"].items()) or "-")]
     if st.get("knobs_in_fault"):
         lines.append(f"          holding last good value: {', '.join(st['knobs_in_fault'])}")

@@ -53,6 +53,7 @@ class AlsaDuplex:
         self.mono_in = np.zeros(self.period, np.float32)
         self.out_f = np.zeros(self.period, np.float32)
         self.out_buf = np.zeros(self.period * playback_channels, self.dtype)
+        self.out_chan_views = [self.out_buf[c::playback_channels] for c in self.out_chs]  # made once, not per period
         self.silence = np.zeros(self.period * playback_channels, self.dtype)
         self.lo, self.hi = (-1.0, 1.0) if self.dtype == np.float32 else (-self.scale, self.scale - 1)
         self.t_in = 0.0  # perf_counter() when the last period arrived (the start of this period's work)
@@ -154,8 +155,8 @@ class AlsaDuplex:
         np.clip(self.out_f, self.lo, self.hi, out=self.out_f)
         if self.dtype != np.float32:
             np.rint(self.out_f, out=self.out_f)
-        for c in self.out_chs:
-            self.out_buf[c::self.play_ch] = self.out_f
+        for view in self.out_chan_views:
+            view[:] = self.out_f
 
     @property
     def expected_queue(self) -> int:

@@ -64,8 +64,3 @@ class KnobSpec:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
         return cls(name=str(d["name"]), unit=str(d["unit"]), minimum=float(d["minimum"]),
                    maximum=float(d["maximum"]), default=float(d["default"]), taper=str(d.get("taper", "lin")))
-
-
-def normalize_all(specs, values) -> list[float]:
-    """Physical values (one per spec, in spec order) -> positions in 0..1."""
-    return [s.to_normalized(v) for s, v in zip(specs, values, strict=True)]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .data import PairSet
-from .effects import get_effect
+from .effects import CATALOGUE
 from .train import load_checkpoint
 
 
@@ -116,7 +116,7 @@ def plot_level_curves(model, ck, test: PairSet, path: Path, n_settings: int = 3)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    effect = get_effect(ck["effect"]) if ck["effect"] in _catalogue() else None
+    effect = CATALOGUE.get(ck["effect"])  # a user's recorded effect has no renderer: model curves only
     sr, H = model.cfg.sample_rate, model.cfg.hop
     levels = np.arange(-60, 1, 4.0)
     t = np.arange(int(0.5 * sr) // H * H) / sr
@@ -145,10 +145,6 @@ def plot_level_curves(model, ck, test: PairSet, path: Path, n_settings: int = 3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-def _catalogue():
-    from .effects import CATALOGUE
-    return CATALOGUE
 
 
 def main(argv=None):

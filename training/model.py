@@ -285,7 +285,7 @@ class StepModel(nn.Module):
 
     def forward(self, audio, knobs, state):
         m, cfg = self.m, self.m.cfg
-        H, D, d = cfg.hop, cfg.mem_block_frames, cfg.d_model
+        H, D = cfg.hop, cfg.mem_block_frames
         parts = {p["name"]: state[:, p["offset"]: p["offset"] + p["size"]] for p in self.layout}
         new = {}
         frame = torch.cat([parts["analysis"], audio], dim=1)  # (1, window)

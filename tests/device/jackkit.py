@@ -37,9 +37,6 @@ def click_train(every: int = 2400, level: float = 0.5, seconds: float = 1.0) -> 
     return x
 
 
-def max_step(y: np.ndarray) -> float:
-    return float(np.abs(np.diff(y)).max())
-
 
 def steady(y: np.ndarray, cycle: int = CYCLE, tol: float = 1e-4) -> bool:
     """True when y repeats every ``cycle`` samples: a steady state, with no xrun or change inside."""

@@ -1,6 +1,5 @@
 """A box must refuse a bundle it cannot trust, saying exactly why, and run one it can."""
 import json
-import shutil
 import tarfile
 
 import numpy as np

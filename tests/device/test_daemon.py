@@ -27,6 +27,7 @@ from device.engine import Engine
 from device.switches import StatusLED
 
 from .conftest import REPO
+from .helpers import max_step, wait_for
 from .memcard import MemCard
 
 SR = 48000
@@ -72,16 +73,8 @@ def running(daemon):
         monitor.join(5)
 
 
-def wait_for(cond, timeout_s=10.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
-def max_step(y):
-    return float(np.abs(np.diff(y)).max())
 
 
 def played(card, k0, k1):

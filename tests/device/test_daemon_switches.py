@@ -31,6 +31,7 @@ from device.bundle import load_bundle
 from device.engine import Engine
 from device.pots import ADS1115Pot
 
+from .helpers import max_step, wait_for
 from .memcard import MemCard
 from .test_pots import FakeADS1115Bus
 
@@ -95,16 +96,8 @@ def sine(seconds=1.0, level=0.5):
     return (level * np.sin(2 * np.pi * 187.5 * np.arange(n) / SR)).astype(np.float32)
 
 
-def wait_for(cond, timeout_s=10.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
-def max_step(y):
-    return float(np.abs(np.diff(y)).max())
 
 
 class Pedal:

@@ -7,6 +7,8 @@ from device.bundle import load_bundle
 from device.engine import Engine
 from device.selftest import check_golden, run_selftest
 
+from .helpers import max_step
+
 
 @pytest.fixture(scope="module")
 def bundle(bundle_path):
@@ -49,8 +51,6 @@ def test_render_without_smoothing_equals_the_golden_reference(bundle):
     assert snr >= 90.0
 
 
-def max_step(y):
-    return float(np.abs(np.diff(y)).max())
 
 
 def test_bypass_toggle_is_click_free(bundle):

@@ -22,7 +22,8 @@ import pytest
 from device.bundle import load_bundle
 from device.jackrig import FakeCard, JackServer, write_asoundrc
 
-from .jackkit import (CYCLE, SR, Pedal, click_train, jack_env, knob_positions, max_step, outside, short_socket_path,
+from .helpers import max_step
+from .jackkit import (CYCLE, SR, Pedal, click_train, jack_env, knob_positions, outside, short_socket_path,
                       sine, steady, watch, write_config, write_knob_file, xrun_zones)
 
 pytestmark = pytest.mark.skipif(shutil.which("jackd") is None, reason="needs jackd (apt-get install jackd2)")
@@ -73,6 +74,16 @@ def judge_change(rec, t_change, before_s=0.25, settle_s=0.40, after_s=0.15):
             "window": (a, b + n)}
 
 
+def assert_click_free(r: dict, what: str, fault: str) -> None:
+    """A change judged by judge_change: its largest step stays within the steady outputs' own
+    (times SLACK), where a hard switch would have jumped visibly further."""
+    print(f"{what}: largest step {r['step']:.4f}, steady outputs' own {r['own_step']:.4f}, "
+          f"a hard switch would jump {r['hard_switch']:.4f}")
+    threshold = SLACK * r["own_step"] + 1e-4
+    assert r["hard_switch"] > 2 * threshold, f"the test could not see a click here: {r}"
+    assert r["step"] <= threshold, f"{fault}: step {r['step']:.4f} > {threshold:.4f}: {r}"
+
+
 def clean(card, window, xruns_before, xruns_after) -> bool:
     return xruns_after == xruns_before and not any(window[0] <= f <= window[1] for f in card.xrun_frames)
 
@@ -105,11 +116,7 @@ def test_a_knob_turned_during_playback_makes_no_zipper_noise(jack_server, asound
             log = pedal.stop()
     assert judged, f"every knob turn overlapped an xrun (card xruns at {card.xrun_frames}):\n{log}"
     for r in judged:
-        print(f"knob turn: largest step {r['step']:.4f}, steady outputs' own {r['own_step']:.4f}, "
-              f"a hard switch would jump {r['hard_switch']:.4f}")
-        threshold = SLACK * r["own_step"] + 1e-4
-        assert r["hard_switch"] > 2 * threshold, f"the test could not see a click here: {r}"
-        assert r["step"] <= threshold, f"zipper noise or a click: step {r['step']:.4f} > {threshold:.4f}: {r}"
+        assert_click_free(r, "knob turn", "zipper noise or a click")
 
 
 def test_bypass_toggles_without_a_click(jack_server, asoundrc, tmp_path, bundle_path, specs):
@@ -151,11 +158,7 @@ def test_bypass_toggles_without_a_click(jack_server, asoundrc, tmp_path, bundle_
             log = pedal.stop()
     assert judged and dry_checked, f"every toggle overlapped an xrun (card xruns at {card.xrun_frames}):\n{log}"
     for r in judged:
-        print(f"bypass toggle: largest step {r['step']:.4f}, steady outputs' own {r['own_step']:.4f}, "
-              f"a hard switch would jump {r['hard_switch']:.4f}")
-        threshold = SLACK * r["own_step"] + 1e-4
-        assert r["hard_switch"] > 2 * threshold, f"the test could not see a click here: {r}"
-        assert r["step"] <= threshold, f"bypass clicked: step {r['step']:.4f} > {threshold:.4f}: {r}"
+        assert_click_free(r, "bypass toggle", "bypass clicked")
 
 
 def click_latencies(rec, every, start, end, level=0.25):

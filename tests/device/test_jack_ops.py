@@ -14,7 +14,8 @@ from device.engine import Engine
 from device.jackrig import FakeCard
 
 from .conftest import REPO
-from .jackkit import (CYCLE, SR, Pedal, jack_env, knob_positions, max_step, short_socket_path, sine, steady, watch,
+from .helpers import max_step
+from .jackkit import (CYCLE, SR, Pedal, jack_env, knob_positions, short_socket_path, sine, steady, watch,
                       write_config, write_knob_file)
 from .test_jack import HIGH, LOW, PERIOD, SLACK, asoundrc, clean, jack_server, specs  # noqa: F401 (fixtures)
 

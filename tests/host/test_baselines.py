@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.baselines import (BASELINES, FiLMTCN, KnobLSTM, LSTMConfig, SignalTrain, SignalTrainConfig, TCNConfig,
+from training.baselines import (BASELINES, FiLMTCN, KnobLSTM, SignalTrain, SignalTrainConfig, TCNConfig,
                                 baseline_from_config, build_baseline)
 from training.train import TrainConfig, load_checkpoint, train
 

@@ -1,7 +1,6 @@
 """The model: its streaming form is the offline form, hop by hop, at low latency."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
