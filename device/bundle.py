@@ -18,6 +18,7 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -230,20 +231,78 @@ class Bundle:
         return "\n".join(lines)
 
 
+# What a .pedal archive may hold: a flat set of a few files (the manifest, the step models, the
+# golden vectors), each far smaller than these limits. Anything else is refused before a byte is
+# written, so a hostile or broken archive cannot fill the disk or write outside its temp dir.
+MAX_MEMBERS = 64
+MAX_MEMBER_BYTES = 256 << 20
+MAX_ARCHIVE_BYTES = 512 << 20
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")  # no "/", no leading "." (so no "..")
+
+
+def _member_problem(member: tarfile.TarInfo, name: str) -> str | None:
+    """Why this archive member cannot be part of a bundle (None: it can)."""
+    if member.issym() or member.islnk():
+        return f"a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}"
+    if member.isdir():
+        return "a directory (a bundle is a flat set of files)"
+    if not member.isfile():
+        return "a device, fifo or other special file"
+    if name.startswith("/"):
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "a path outside the bundle"
+    if not _FILE_NAME.fullmatch(name):
+        return "not a plain file name (a bundle is a flat set of files)"
+    if member.size > MAX_MEMBER_BYTES:
+        return f"{member.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit for one file"
+    return None
+
+
+def _checked_members(archive: Path, tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """Every member of the archive, checked before anything is written: file name -> member."""
+    members: dict[str, tarfile.TarInfo] = {}
+    total = 0
+    for member in tar:
+        name = member.name.removeprefix("./")
+        if member.isdir() and name.rstrip("/") in ("", "."):
+            continue  # the top entry of `tar -C dir -cf x.pedal .`
+        why = _member_problem(member, name) or ("in the archive twice" if name in members else None)
+        if why:
+            raise BundleError(f"{archive}: unexpected archive member {member.name!r}: {why}")
+        members[name] = member
+        total += member.size
+        if len(members) > MAX_MEMBERS:
+            raise BundleError(f"{archive}: more than {MAX_MEMBERS} files (at member {member.name!r}): not a bundle")
+        if total > MAX_ARCHIVE_BYTES:
+            raise BundleError(f"{archive}: over {MAX_ARCHIVE_BYTES} bytes unpacked (at member {member.name!r}): not a bundle")
+    return members
+
+
 def _unpack_archive(archive: Path) -> Path:
-    dest = Path(tempfile.mkdtemp(prefix="pedal-bundle-"))
+    """Unpack a .pedal archive into a private temp dir, one checked member at a time.
+
+    Not ``extractall(filter="data")``: that argument arrived in Python 3.11.4, and the box runs
+    Raspberry Pi OS bookworm's 3.11.2. Any failure removes the temp dir and raises BundleError."""
+    try:
+        dest = Path(tempfile.mkdtemp(prefix="pedal-bundle-"))
+    except OSError as e:
+        raise BundleError(f"{archive}: no temporary directory to unpack it into ({e})") from None
+    done = False
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar.getmembers():
-                if not member.isfile() or "/" in member.name.strip("./") or member.name.startswith(("/", "..")):
-                    raise BundleError(f"{archive}: unexpected archive member {member.name!r} (a bundle is a flat set of files)")
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise BundleError(f"{archive}: not a readable bundle archive ({e})") from None
+            for name, member in _checked_members(archive, tar).items():
+                with tar.extractfile(member) as src, open(dest / name, "xb") as out:
+                    shutil.copyfileobj(src, out)
+                os.chmod(dest / name, 0o644)
+        done = True
     except BundleError:
-        shutil.rmtree(dest, ignore_errors=True)
         raise
+    except Exception as e:  # a damaged archive: tarfile, gzip/zlib, bz2, lzma, EOF or OS errors
+        raise BundleError(f"{archive}: not a readable bundle archive ({type(e).__name__}: {e})") from None
+    finally:
+        if not done:
+            shutil.rmtree(dest, ignore_errors=True)
     return dest
 
 
@@ -252,11 +311,20 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle")
-    if path.is_file():
-        root = _unpack_archive(path)
-        atexit.register(shutil.rmtree, root, True)  # the interpreter has the model mapped by then
-    else:
-        root = path
+    if not path.is_file():
+        return _verified(path, path)
+    root = _unpack_archive(path)
+    try:
+        bundle = _verified(root, path)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # a refused archive leaves nothing behind
+        raise
+    atexit.register(shutil.rmtree, root, True)  # the interpreter has the model mapped by then
+    return bundle
+
+
+def _verified(root: Path, path: Path) -> Bundle:
+    """The bundle whose files are in ``root`` (``path`` is what was loaded, for messages)."""
     man_path = root / MANIFEST
     if not man_path.is_file():
         raise BundleError(f"{path}: missing {MANIFEST}")

@@ -18,6 +18,7 @@ from .helpers import max_step
 from .jackkit import (CYCLE, SR, Pedal, jack_env, knob_positions, short_socket_path, sine, steady, watch,
                       write_config, write_knob_file)
 from .test_jack import HIGH, LOW, PERIOD, SLACK, asoundrc, clean, jack_server, specs  # noqa: F401 (fixtures)
+from .test_jack import pytestmark  # noqa: F401 (the same skip: needs jackd)
 
 
 def fresh_model_steps(bundle_path, setting, x) -> float:
