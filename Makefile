@@ -19,7 +19,7 @@ BUNDLE := build/$(EFFECT)
 DEMO := out/demo
 TESTKIT := build/testkit
 
-.PHONY: demo test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
+.PHONY: demo pedal pedal-steps test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
         datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak
 
 # ---------------------------------------------------------------------------------------------------
@@ -69,6 +69,32 @@ demo: envs
 	@echo "  $(DEMO)/demo.png   $(DEMO)/report.md   $(RUN)/loss.png  $(RUN)/eval_settings.png  $(RUN)/level_curves.png"
 	@echo "  bundle for the box: $(BUNDLE).pedal   (python -m device inspect $(BUNDLE).pedal)"
 
+# your own pedal, from a folder of recordings (knobs.csv + knobs.toml, docs/datasets.md) to a verified bundle:
+#   make pedal DATA=recordings/my_fuzz [NAME=my_fuzz] [MINUTES=5]
+# checks the recordings (python -m training.recordings), trains, evaluates, converts, runs the device
+# self-test, renders held-out recorded pairs through the device engine and writes a short report:
+# build/NAME.pedal, runs/NAME/, out/NAME/report.md (NAME: the folder's name unless given)
+NAME ?= $(notdir $(abspath $(DATA)))
+pedal: envs
+	@[ "$(origin DATA)" = "command line" ] || { echo "usage: make pedal DATA=DIR [NAME=name] [MINUTES=$(MINUTES)]" >&2; exit 2; }
+	$(HOST) -m training.recordings $(DATA)
+	@$(MAKE) --no-print-directory pedal-steps EFFECT=$(NAME)
+
+# (the steps of `pedal`, with EFFECT set to NAME so RUN and BUNDLE name the pedal)
+pedal-steps:
+	@mkdir -p out/$(EFFECT); : > out/$(EFFECT)/timings.txt
+	@t=$$(date +%s); $(HOST) -m training.train --data $(DATA) --out $(RUN) --minutes $(MINUTES) && echo "train $$(( $$(date +%s) - t ))" >> out/$(EFFECT)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory evaluate && echo "evaluate $$(( $$(date +%s) - t ))" >> out/$(EFFECT)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory convert && echo "convert $$(( $$(date +%s) - t ))" >> out/$(EFFECT)/timings.txt
+	@t=$$(date +%s); $(MAKE) --no-print-directory selftest && echo "selftest $$(( $$(date +%s) - t ))" >> out/$(EFFECT)/timings.txt
+	@t=$$(date +%s); $(HOST) -m training.demo prepare --data $(DATA) --out out/$(EFFECT) && \
+	  $(DEV) -m device render --bundle $(BUNDLE).pedal --input out/$(EFFECT)/input.wav --knobs out/$(EFFECT)/knobs.csv --out out/$(EFFECT)/model.wav && \
+	  echo "render $$(( $$(date +%s) - t ))" >> out/$(EFFECT)/timings.txt
+	@$(HOST) -m training.demo report --out out/$(EFFECT) --run $(RUN) --bundle $(BUNDLE) --timings out/$(EFFECT)/timings.txt
+	@echo
+	@echo "pedal done: $(BUNDLE).pedal   (python -m device inspect $(BUNDLE).pedal; copy it to the box)"
+	@echo "  report out/$(EFFECT)/report.md; held-out recorded audio: out/$(EFFECT)/{input,target,model}.wav"
+
 data: $(DATA)/dataset.json
 $(DATA)/dataset.json: | .venv-host/.stamp
 	$(HOST) -m training.data --effect $(EFFECT) --out $(DATA)
@@ -99,7 +125,7 @@ test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal $(DEV) -m pytest -q tests/device
 
 # a small trained-and-converted bundle the device tests run against (about a minute to make)
-$(TESTKIT)/tiny.pedal: training/model.py training/train.py training/data.py convert/pipeline.py tests/make_testkit.py | .venv-host/.stamp
+$(TESTKIT)/tiny.pedal: training/model.py training/train.py training/data.py training/demo.py convert/pipeline.py tests/make_testkit.py | .venv-host/.stamp
 	$(HOST) -m tests.make_testkit --out $(TESTKIT)
 
 # ---------------------------------------------------------------------------------------------------

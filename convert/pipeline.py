@@ -5,7 +5,8 @@
 Each step is checked before the next: the ONNX model against PyTorch in onnxruntime; every TFLite
 file for builtin ops only (a Flex or custom op is refused by name) and for its input and output
 tensors (names, shapes, float32, the state found by name); then every precision against PyTorch
-on golden vectors (held-out audio with a knob sweep) in the device environment, through the
+on golden vectors (held-out Test audio: a knob sweep where the catalogue rendered the dataset, else
+a recorded pair at its recorded knobs, against the recording) in the device environment, through the
 device's own bundle loader and step runner, one process per model (a model that aborts the
 runtime is reported, not shipped), and its per-hop time with one thread.
 
@@ -37,7 +38,7 @@ from device.bundle import Manifest, ModelEntry, TensorInfo, load_bundle, write_b
 from device.knobspec import KnobSpec
 from device.selftest import esr, snr_db
 from training.data import PairSet
-from training.effects import get_effect
+from training.demo import dataset_description, dataset_renderer, held_out
 from training.model import SignalTrainPi, StepModel
 from training.train import load_checkpoint
 
@@ -67,27 +68,39 @@ class ConversionError(Exception):
     pass
 
 
-def golden_vectors(model: SignalTrainPi, knobs: list[KnobSpec], effect_name: str, data: Path, seconds: float = 3.0,
-                   seed: int = 7) -> dict:
-    """Held-out test audio (a Test-split source, never trained on) with a knob sweep: every knob
-    moves through its range at its own rate. The reference is the PyTorch offline model with
-    per-hop knobs, which equals the streaming form to float precision."""
+def golden_vectors(model: SignalTrainPi, knobs: list[KnobSpec], data: Path, seconds: float = 3.0, seed: int = 7) -> dict:
+    """Held-out test audio (the loudest Test-split item, never trained on) and what the effect made
+    of it. Where the catalogue rendered the dataset (``training.demo.dataset_renderer``: a built,
+    forward dataset) every knob moves through its range at its own rate and the target is the
+    effect rendered again with those per-hop knobs. Where it cannot be rendered (recordings, an
+    effect not in the catalogue, an inverse dataset ``*_inv``) it is the recorded Test pair at the
+    knob setting it was recorded at, and the target is the recording. The reference is the PyTorch
+    offline model with per-hop knobs, which equals the streaming form to float precision."""
     cfg = model.cfg
-    test = PairSet(data, "Test")
-    longest = int(np.argmax([np.mean(x ** 2) for x in test.x]))  # the loudest test item: the effect is audible
-    n = min(int(seconds * cfg.sample_rate), int(test.lengths[longest])) // cfg.hop * cfg.hop
-    x = test.x[longest][:n].astype(np.float32)
+    test = PairSet(data, "Test", log=lambda *_: None)
+    i, n = held_out(test, seconds, cfg.hop)
+    x = np.asarray(test.x[i][:n], np.float32)
     n_hops = n // cfg.hop
-    t = np.linspace(0, 1, n_hops)
-    rng = np.random.default_rng(seed)
-    pos = np.stack([0.5 + 0.45 * np.sin(2 * np.pi * (j + 1) * 0.5 * t + rng.uniform(0, 6.28)) for j in range(len(knobs))], 1)
-    values = np.array([[k.from_normalized(p) for k, p in zip(knobs, row)] for row in pos])
-    pos = np.array([[k.to_normalized(v) for k, v in zip(knobs, row)] for row in values], np.float32)
+    effect = dataset_renderer(data)
+    if effect is None:
+        values = np.tile(np.asarray(test.pairs[i].knobs, np.float64), (n_hops, 1))
+        pos = np.tile(test.knobs[i], (n_hops, 1)).astype(np.float32)
+        kind = "recorded Test pair at the knob setting it was recorded at; target = the recording"
+        source = test.pairs[i].target.name
+    else:
+        t = np.linspace(0, 1, n_hops)
+        rng = np.random.default_rng(seed)
+        pos = np.stack([0.5 + 0.45 * np.sin(2 * np.pi * (j + 1) * 0.5 * t + rng.uniform(0, 6.28)) for j in range(len(knobs))], 1)
+        values = np.array([[k.from_normalized(p) for k, p in zip(knobs, row)] for row in pos])
+        pos = np.array([[k.to_normalized(v) for k, v in zip(knobs, row)] for row in values], np.float32)
+        kind = f"knob sweep (every knob through its range); target = {effect.name} rendered with the same per-hop knobs"
+        source = test.pairs[i].input.name
     with torch.no_grad():
         ref = model(torch.from_numpy(x)[None], torch.from_numpy(pos)[None])[0].numpy()
-    target = get_effect(effect_name).render_automation(x, cfg.sample_rate, values, cfg.hop)
+    target = np.asarray(test.y[i][:n], np.float32) if effect is None else \
+        effect.render_automation(x, cfg.sample_rate, values, cfg.hop)
     return {"input": x, "knob_values": values.astype(np.float32), "knob_positions": pos, "expected": ref.astype(np.float32),
-            "target": target.astype(np.float32), "source": np.array(str(test.pairs[longest].input.name))}
+            "target": target.astype(np.float32), "source": np.array(str(source)), "kind": np.array(kind)}
 
 
 def export_onnx(step: StepModel, path: Path, n_knobs: int) -> None:
@@ -339,7 +352,7 @@ def convert(checkpoint: Path, data: Path, out: Path, report: Path | None = None,
     step = StepModel(model).eval()
     work = out.with_name(out.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    golden = golden_vectors(model, knobs, ck["effect"], data)
+    golden = golden_vectors(model, knobs, data)
     np.savez(work / "golden.npz", **golden)
     onnx_path = work / "step.onnx"
     export_onnx(step, onnx_path, len(knobs))
@@ -372,10 +385,11 @@ def convert(checkpoint: Path, data: Path, out: Path, report: Path | None = None,
               "float16": entry("float16", cand["float16"], {"weights": "float16 (dequantized to float32 at load)",
                                                            "activations": "float32", "io": "float32"})}
     manifest = Manifest(
-        effect=ck["effect"], description=get_effect(ck["effect"]).description, knobs=knobs, sample_rate=cfg.sample_rate,
+        effect=ck["effect"], description=dataset_description(data, ck["effect"], knobs), knobs=knobs, sample_rate=cfg.sample_rate,
         hop=cfg.hop, latency_samples=cfg.latency_samples, state_size=step.state_size, state_layout=step.layout,
         models=models, default_precision="float32", files={}, tolerances={},
-        golden={"file": "golden.npz", "seconds": len(golden["input"]) / cfg.sample_rate, "source": str(golden["source"])},
+        golden={"file": "golden.npz", "seconds": len(golden["input"]) / cfg.sample_rate, "source": str(golden["source"]),
+                "kind": str(golden["kind"])},
         training={"model_config": cfg.to_dict(), "metrics": ck.get("metrics", {}), "checkpoint": str(checkpoint)})
     if report and Path(report).exists():
         manifest.training["evaluation"] = json.loads(Path(report).read_text()).get("summary", {})
@@ -482,6 +496,8 @@ def convert(checkpoint: Path, data: Path, out: Path, report: Path | None = None,
                            "io_layout": IO_LAYOUT, "state_tensor": {"input": "state", "output": "state_out"},
                            "calibration": calib_info, "onnx_snr_db": round(onnx_snr, 1)}
     manifest.training["pytorch_esr_vs_target_golden"] = round(esr(golden["target"], golden["expected"]), 5)
+    manifest.training["bundle_esr_vs_target_golden"] = results[default]["esr_vs_target"]  # the default precision's
+    manifest.training["golden_target"] = "recorded" if dataset_renderer(data) is None else "rendered"
     manifest.training["onnx_snr_db"] = round(onnx_snr, 1)
     dest = write_bundle(out, manifest, {"golden.npz": files["golden.npz"], **{m.file: files[m.file] for m in shipped.values()}},
                         archive=True)

@@ -1,10 +1,17 @@
-"""The demo's host-side ends: the input and knob sweep before the device render, the report after.
+"""The demo's host-side ends: the input and knobs before the device render, the report after.
 
     python -m training.demo prepare --data data/comp4-demo --out out/demo
-        -> input.wav (held-out Test sources), knobs.csv (a sweep of every knob), target.wav
+        -> input.wav (held-out Test audio), knobs.csv (knob automation), target.wav
     (the device renders model.wav:  python -m device render --bundle ... --knobs knobs.csv)
     python -m training.demo report --out out/demo --run runs/comp4 --bundle build/comp4
         -> demo.png (target vs model: waveform, spectrogram, knobs), report.md
+
+Any dataset works. Where the catalogue rendered the dataset's targets (a built, forward dataset),
+every knob sweeps and the target is rendered again with the same per-hop knob values. Where the
+targets cannot be rendered again (recordings, an effect not in the catalogue, an inverse dataset
+``*_inv``), the demo is held-out recorded pairs: one clip per Test source at the knob setting it
+was recorded at (knobs.csv steps between clips, with silence between them), target = the recording.
+``held_out`` is the same choice for the conversion's golden vectors (convert/pipeline.py).
 """
 from __future__ import annotations
 
@@ -20,37 +27,154 @@ from device.automation import load_automation, positions_per_hop, save_automatio
 from device.knobspec import KnobSpec
 from device.selftest import esr
 
-from .data import read_pairs
-from .effects import get_effect
+from .data import PairSet, read_dataset
+from .effects import CATALOGUE, Effect, base_effect_name
+
+GAP_S = 0.5  # silence between recorded clips: each recorded target began from silence, so the model must too
 
 
-def prepare(data: Path, out: Path, hop: int, seconds_per_source: float = 4.0) -> None:
-    pairs, specs, sr, effect_name = read_pairs(data)
-    effect = get_effect(effect_name)
-    seen, parts = set(), []
-    for p in pairs:  # one clip per held-out source, in dataset order
-        if p.split == "Test" and p.source not in seen:
-            seen.add(p.source)
-            x, _ = sf.read(str(p.input), dtype="float32")
-            x = x[: int(seconds_per_source * sr)]
-            parts.append(x * (10 ** (-6 / 20) / max(float(np.abs(x).max()), 1e-6)))  # peaks at -6 dBFS: audible compression
-    x = np.concatenate(parts)
-    x = x[: len(x) // hop * hop]
-    dur = len(x) / sr
-    times = np.linspace(0, dur, int(dur * 10) + 1)  # 10 rows per second
-    rng = np.random.default_rng(3)
-    pos = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * times / dur * (j + 1) + rng.uniform(0, 6.28)) for j in range(len(specs))], 1)
-    values = np.array([[s.from_normalized(p) for s, p in zip(specs, row)] for row in pos])
+def dataset_renderer(data: Path) -> Effect | None:
+    """The catalogue effect that rendered this dataset's targets, or None where they cannot be
+    rendered again: recordings (a knobs.csv or SignalTrain folder, even one that borrows a
+    catalogue effect's knobs: its targets are what was recorded), an effect not in the catalogue,
+    or an inverse dataset (``*_inv``: its targets are the clean inputs)."""
+    meta_path = Path(data) / "dataset.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    name = str(meta.get("effect", ""))
+    if meta.get("inverse") or base_effect_name(name)[1] or name not in CATALOGUE:
+        return None
+    return CATALOGUE[name]
+
+
+def _knobs_file_description(root: Path) -> str | None:
+    for name in ("knobs.json", "knobs.toml"):
+        f = root / name
+        if f.is_file():
+            try:
+                if f.suffix == ".toml":
+                    import tomllib
+                    d = tomllib.loads(f.read_text())
+                else:
+                    d = json.loads(f.read_text())
+            except Exception:  # read_dataset reports a malformed knobs file; a description is not worth a crash
+                return None
+            return str(d["description"]) if isinstance(d, dict) and d.get("description") else None
+    return None
+
+
+def dataset_description(data: Path, effect_name: str, specs: list[KnobSpec]) -> str:
+    """What the effect is, for the manifest and the report: the dataset's own words (dataset.json's
+    or the knobs file's ``description``), else the catalogue's, else a generic line. Never fails."""
+    root = Path(data)
+    meta_path = root / "dataset.json"
+    if meta_path.exists():
+        try:
+            d = json.loads(meta_path.read_text()).get("description")
+        except (ValueError, AttributeError):
+            d = None
+        if d:
+            return str(d)
+    d = _knobs_file_description(root)
+    if d:
+        return d
+    base, inverse = base_effect_name(effect_name)
+    if base in CATALOGUE:
+        return CATALOGUE[base].description + (" (inverse: input and target swapped)" if inverse else "")
+    return (f"{effect_name}: learned from recorded input/output pairs ({len(specs)} knob{'s' * (len(specs) != 1)}: "
+            f"{', '.join(s.name for s in specs)})")
+
+
+def held_out(test: PairSet, seconds: float, hop: int) -> tuple[int, int]:
+    """The Test pair the golden vectors use: the loudest input (the effect is audible), and its
+    length in whole hops, at most ``seconds``. -> (index in ``test``, samples)."""
+    i = int(np.argmax([np.mean(np.square(x, dtype=np.float64)) for x in test.x]))
+    n = min(int(seconds * test.sample_rate), int(test.lengths[i])) // hop * hop
+    return i, n
+
+
+def _recorded_clips(data: Path, hop: int, seconds_per_source: float, max_sources: int):
+    """One clip per held-out source (dataset order), each at a recorded setting, settings differing
+    between sources where the Test split has several: -> [(input, target, knob values, name)]."""
+    test = PairSet(data, "Test")
+    by_source: dict[str, list[int]] = {}
+    for i, p in enumerate(test.pairs):
+        by_source.setdefault(p.source or str(p.input), []).append(i)
+    clips, used = [], set()
+    for src, idx in list(by_source.items())[:max_sources]:
+        fresh = [i for i in idx if tuple(test.pairs[i].knobs) not in used] or idx
+        i = max(fresh, key=lambda j: float(np.mean(np.square(test.x[j][: int(seconds_per_source * test.sample_rate)],
+                                                             dtype=np.float64))))
+        used.add(tuple(test.pairs[i].knobs))
+        n = min(int(seconds_per_source * test.sample_rate), int(test.lengths[i])) // hop * hop
+        clips.append((np.asarray(test.x[i][:n], np.float32), np.asarray(test.y[i][:n], np.float32),
+                      list(test.pairs[i].knobs), test.pairs[i].target.name))
+    return clips, test.sample_rate
+
+
+def prepare(data: Path, out: Path, hop: int, seconds_per_source: float = 4.0, max_sources: int = 5) -> dict:
+    """input.wav, knobs.csv and target.wav for the device render (see the module's doc);
+    also demo_input.json (what kind of demo, and its clips). -> that description."""
+    info = read_dataset(data)
+    specs, sr = info.knobs, info.sample_rate
+    effect = dataset_renderer(data)
     out.mkdir(parents=True, exist_ok=True)
-    save_automation(out / "knobs.csv", times, values, specs)
-    # the target with exactly the per-hop knob values the device engine will see
-    t2, v2 = load_automation(out / "knobs.csv", specs)
-    rows = positions_per_hop(t2, v2, specs, len(x) // hop, hop, sr)
-    phys = np.array([[s.from_normalized(float(p)) for s, p in zip(specs, row)] for row in rows])
-    y = effect.render_automation(x, sr, phys, hop)
+    if effect is None:
+        clips, sr = _recorded_clips(data, hop, seconds_per_source, max_sources)
+        gap = int(GAP_S * sr) // hop * hop
+        xs, ys, times, values, t0 = [], [], [], [], 0
+        for k, (x, y, v, _) in enumerate(clips):
+            if k:  # silence; the knobs glide to the next setting in its first half (no row near a clip's edge)
+                xs.append(np.zeros(gap, np.float32))
+                ys.append(np.zeros(gap, np.float32))
+                times += [t0 / sr, (t0 + gap / 2) / sr]
+                values += [values[-1], v]
+                t0 += gap
+            else:
+                times.append(0.0)
+                values.append(v)
+            xs.append(x)
+            ys.append(y)
+            t0 += len(x)
+        times.append(t0 / sr)  # held to the end (and the knob plot spans the whole render)
+        values.append(values[-1])
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        save_automation(out / "knobs.csv", np.array(times), np.array(values, np.float64), specs)
+        desc = {"kind": "recorded", "what": f"{len(clips)} held-out recorded pair(s), each at the knob setting it was "
+                f"recorded at, {GAP_S:g} s of silence between them; target = the recording",
+                "clips": [{"target": name, "knobs": dict(zip([s.name for s in specs], v)), "seconds": len(c) / sr}
+                          for c, _, v, name in clips]}
+    else:
+        seen, parts = set(), []
+        for p in info.pairs:  # one clip per held-out source, in dataset order
+            if p.split == "Test" and p.source not in seen and len(seen) < max_sources:
+                seen.add(p.source)
+                x, _ = sf.read(str(p.input), dtype="float32")
+                x = x[: int(seconds_per_source * sr)]
+                parts.append(x * (10 ** (-6 / 20) / max(float(np.abs(x).max()), 1e-6)))  # peaks at -6 dBFS: audible compression
+        x = np.concatenate(parts)
+        x = x[: len(x) // hop * hop]
+        dur = len(x) / sr
+        times = np.linspace(0, dur, int(dur * 10) + 1)  # 10 rows per second
+        rng = np.random.default_rng(3)
+        pos = np.stack([0.5 + 0.4 * np.sin(2 * np.pi * times / dur * (j + 1) + rng.uniform(0, 6.28))
+                        for j in range(len(specs))], 1)
+        save_automation(out / "knobs.csv", times, np.array([[s.from_normalized(p) for s, p in zip(specs, row)]
+                                                            for row in pos]), specs)
+        # the target with exactly the per-hop knob values the device engine will see
+        t2, v2 = load_automation(out / "knobs.csv", specs)
+        rows = positions_per_hop(t2, v2, specs, len(x) // hop, hop, sr)
+        phys = np.array([[s.from_normalized(float(p)) for s, p in zip(specs, row)] for row in rows])
+        y = effect.render_automation(x, sr, phys, hop)
+        desc = {"kind": "sweep", "what": f"{len(seen)} held-out sources with every knob sweeping; target = "
+                f"{effect.name} rendered again at the same per-hop knob values"}
     sf.write(out / "input.wav", x, sr, subtype="FLOAT")
     sf.write(out / "target.wav", y, sr, subtype="FLOAT")
-    print(f"demo input: {len(seen)} held-out sources, {dur:.1f} s, knob sweep of {[s.name for s in specs]} -> {out}")
+    desc["seconds"] = round(len(x) / sr, 2)
+    (out / "demo_input.json").write_text(json.dumps(desc, indent=1))
+    print(f"demo input: {desc['what']}; {len(x) / sr:.1f} s, knobs {[s.name for s in specs]} -> {out}")
+    return desc
 
 
 def report(out: Path, run: Path, bundle_dir: Path, timings: dict | None = None) -> Path:
@@ -66,18 +190,23 @@ def report(out: Path, run: Path, bundle_dir: Path, timings: dict | None = None) 
     train = json.loads((run / "train.json").read_text())
     ev = json.loads((run / "eval.json").read_text())["summary"]
     demo = {"esr_model": esr(y, m), "esr_dry": esr(y, x), "seconds": len(x) / sr}
+    kind = json.loads((out / "demo_input.json").read_text()) if (out / "demo_input.json").exists() else {}
+    recorded = kind.get("kind") == "recorded"
+    demo["input"] = kind.get("what", "held-out audio with every knob sweeping")
 
     fig, axes = plt.subplots(4, 1, figsize=(11, 10), gridspec_kw={"height_ratios": [1.2, 1, 1, 0.8]})
     t = np.arange(len(x)) / sr
     axes[0].plot(t, x, color="0.75", lw=0.5, label="input (dry)")
-    axes[0].plot(t, y, lw=0.5, label="target (pedalboard)")
+    axes[0].plot(t, y, lw=0.5, label="target (the recording)" if recorded else "target (pedalboard)")
     axes[0].plot(t, m, lw=0.5, alpha=0.8, label="model (TFLite on the device engine)")
     axes[0].set_ylabel("amplitude")
     axes[0].legend(fontsize=7, loc="upper right")
-    axes[0].set_title(f"{manifest['effect']}: demo on held-out audio with a knob sweep — ESR model {demo['esr_model']:.4f}, "
+    axes[0].set_title(f"{manifest['effect']}: demo on held-out {'recorded pairs' if recorded else 'audio with a knob sweep'}"
+                      f" — ESR model {demo['esr_model']:.4f}, "
                       f"dry {demo['esr_dry']:.3f}", fontsize=10)
     for ax, sig, name in ((axes[1], y, "target"), (axes[2], m, "model")):
-        ax.specgram(sig + 1e-9, NFFT=1024, Fs=sr, noverlap=768, cmap="magma", vmin=-140, vmax=-20)
+        with np.errstate(divide="ignore"):  # the silence between recorded clips
+            ax.specgram(sig + 1e-9, NFFT=1024, Fs=sr, noverlap=768, cmap="magma", vmin=-140, vmax=-20)
         ax.set_ylabel(f"{name}\nfrequency [Hz]")
         ax.set_ylim(0, 12000)
     for j, s in enumerate(specs):
@@ -112,8 +241,13 @@ def report(out: Path, run: Path, bundle_dir: Path, timings: dict | None = None) 
         v = e["verified"]
         lines.append(f"| {p} | {v['snr_db_vs_pytorch']:.1f} dB | {v['esr_vs_target']:.4f} | {v['size_kib']:.0f} KiB | "
                      f"{v['per_hop_ms_host']:.3f} ms ({100 * v['per_hop_ms_host'] / (1000 * manifest['hop'] / manifest['sample_rate']):.1f}% of real time) |")
+    g = manifest.get("golden", {})
+    if g.get("kind"):
+        lines += ["", f"Golden vectors: {g['seconds']:.1f} s, {g['kind']} ({g.get('source', '')})."]
     lines += ["", "## Device engine render (ai-edge-litert, the device environment)", "",
-              f"- {demo['seconds']:.1f} s of held-out audio, every knob swept: ESR model {demo['esr_model']:.4f}, dry {demo['esr_dry']:.4f}",
+              f"- {demo['seconds']:.1f} s: {demo['input']}: ESR model {demo['esr_model']:.4f}, dry {demo['esr_dry']:.4f}",
+              *[f"- clip {c['target']}: {c['seconds']:.1f} s at " + ", ".join(f"{k} {v:g}" for k, v in c["knobs"].items())
+                for c in kind.get("clips", [])],
               "- files: `input.wav`, `target.wav`, `model.wav`, `knobs.csv`, `demo.png`; training curve "
               f"`{run / 'loss.png'}`, test plots `{run / 'eval_settings.png'}`, `{run / 'level_curves.png'}`", ""]
     if timings:
