@@ -4,19 +4,27 @@ Waveform in, waveform out, read top to bottom in the order data flows:
 
     x (B, N) --frames--> learned analysis (windowed-DFT init) --> log power (B, T, bins)
       --> in_proj + FiLM(knobs) --> n_blocks x [sparse attention + FFN, FiLM(knobs) in each]
-      --> gain head  s_t   (one log-gain per frame: the "skip filter", like a compressor's gain)
-      --> FIR head   c_t   (``fir_taps`` coefficients per frame: the residual path, a time-varying
-                            filter of the input, so it stays phase-locked to it: tone, EQ, a wet mix)
-    y[n] = exp(s(n)) * x[n] + sum_j c_j(n) x[n - j]     s(n), c(n): raised-cosine ramps across each hop
+      --> heads, one set of values per frame, each ramped (raised cosine) across its hop:
+          gain    s_t  one log-gain: the "skip filter", like a compressor's gain      (always)
+          fir     c_t  ``fir_taps`` taps of a time-varying filter of the input        (tone, EQ, a wet mix)
+          shaper  g_t, beta_t, p_t: the per-sample nonlinear path (drive, fuzz, amp)
+                  u = exp(g) * (pre * x);  z = sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)];  y += p_t * z
+          delay   per line: delay d_t (samples), feedback f_t, wet level a_t (echo; chorus)
+                  b[n] = x[n] + f(n) b[n - d(n)];  y += a(n) b[n - d(n)]   (fractional, interpolated)
+    y[n] = exp(s(n)) x[n] + (c(n) * x)[n] + (p(n) * z)[n] + sum_lines a(n) b[n - d(n)]
 
-Frames: frame t ends at the last sample of hop t and looks back ``window`` samples; its gain and
-filter apply to hop t. So output sample n depends on input up to the end of its hop: the
-algorithmic latency is ``hop`` samples.
+Which parts a model has is a config choice (``fir_taps``, ``shaper_units``, ``delay_lines``),
+made from the data by training/parts.py (or given as an option), never from an effect's name.
+
+Frames: frame t ends at the last sample of hop t and looks back ``window`` samples; its values
+apply to hop t. So output sample n depends on input up to the end of its hop: the algorithmic
+latency is ``hop`` samples.
 
 Attention is sparse with cost linear in context: each frame attends to
   - the last ``local_frames`` frames (itself included), and
-  - ``mem_slots`` pooled memory slots: the mean key/value of each completed block of
-    ``mem_block_frames`` frames on a fixed grid, the most recent ``mem_slots`` blocks,
+  - pooled memory on fixed grids, one level per (block, slots) pair: the mean key/value of each
+    completed block of ``mem_block_frames`` frames, the most recent ``mem_slots`` blocks; a second,
+    coarser level (``mem2_block_frames`` x ``mem2_slots``) reaches seconds back (an LA-2A's release),
 plus a learned bias per head and slot (relative position). Frames before the start count as
 zero keys/values, exactly what a zero-initialised streaming cache holds, so the offline form
 (``SignalTrainPi.forward``) and the streaming form (``StepModel``) agree to float precision.
@@ -41,6 +49,12 @@ class ModelConfig:
     fir_taps: int = 32  # residual path: a time-varying FIR over the last fir_taps input samples;
     #                     0 = none, y = gain x input (a compressor is exactly that, and learns faster)
     fir_scale: float = 0.1  # the taps move 10x slower than the gain: level belongs to the gain path
+    shaper_units: int = 0  # nonlinear path: tanh units per sample; 0 = none
+    shaper_pre_taps: int = 16  # its fixed (learned) pre-filter
+    shaper_post_taps: int = 32  # its frame-steered post-filter (tone stack, level)
+    delay_lines: int = 0  # recursive delay lines (echo, time alignment); 0 = none
+    delay_min: int = 129  # shortest delay, samples (> the block the offline form recurses over)
+    delay_max: int = 24000  # longest delay, samples (the state holds this much of each line)
     n_bins: int = 64  # analysis filterbank channels (Hann-windowed DFT bins, log-spaced)
     learn_analysis: bool = True  # learn the filterbank from its DFT init (it learns far faster; a
     #                              fixed one keeps magnitudes phase-invariant: less hop-rate ripple)
@@ -51,25 +65,45 @@ class ModelConfig:
     local_frames: int = 32  # local attention window, frames (current frame included)
     mem_block_frames: int = 32  # frames pooled into one memory slot
     mem_slots: int = 24  # memory reach = mem_slots * mem_block_frames frames
+    mem2_block_frames: int = 256  # the coarse memory level: frames per slot
+    mem2_slots: int = 16  # 0 = no coarse level; reach 16 x 256 frames = 5.5 s at hop 64
     attention: str = "sparse"  # "sparse" (the product) | "dense" | "none" (comparison only)
     max_log_gain: float = 6.0  # |s| bound: exp(6) = +-52 dB
 
     def __post_init__(self):
-        if self.window % self.hop or self.window - self.hop < self.fir_taps - 1:
+        past = max(self.fir_taps, self.shaper_pre_taps if self.shaper_units else 0) - 1
+        if self.window % self.hop or self.window - self.hop < past:
             raise ValueError(f"window {self.window} must be a multiple of hop {self.hop} and leave "
-                             f"fir_taps - 1 = {self.fir_taps - 1} past samples")
+                             f"{past} past samples for the FIR taps")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} must be a multiple of n_heads {self.n_heads}")
         if self.attention not in ("sparse", "dense", "none"):
             raise ValueError(f"attention {self.attention!r} must be sparse, dense or none")
+        if self.delay_lines and not (self.hop < self.delay_min < self.delay_max):
+            raise ValueError(f"delay lines need hop {self.hop} < delay_min {self.delay_min} < delay_max {self.delay_max}")
 
     @property
     def latency_samples(self) -> int:
         return self.hop
 
     @property
+    def memory_levels(self) -> list[tuple[int, int]]:
+        """[(frames per slot, slots)] of the pooled memory, fine to coarse."""
+        return [(d, m) for d, m in ((self.mem_block_frames, self.mem_slots), (self.mem2_block_frames, self.mem2_slots)) if m]
+
+    @property
     def reach_frames(self) -> int:
-        return self.mem_slots * self.mem_block_frames
+        return max([d * m for d, m in self.memory_levels] + [self.local_frames])
+
+    @property
+    def delay_block(self) -> int:
+        """Samples the offline form computes at once: every line reads at least this far back."""
+        return self.delay_min - 1
+
+    @property
+    def parts(self) -> list[str]:
+        return ["gain"] + [p for p, on in (("fir", self.fir_taps), ("shaper", self.shaper_units),
+                                           ("delay", self.delay_lines)) if on]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +111,7 @@ class ModelConfig:
 
 # Size tiers: parameter counts and multiply-adds per second are printed by `python -m training.model`.
 TIERS = {
-    "nano": dict(d_model=32, n_heads=2, n_blocks=1, n_bins=32, local_frames=16, mem_slots=16),
+    "nano": dict(d_model=32, n_heads=2, n_blocks=1, n_bins=32, local_frames=16, mem_slots=16, mem2_slots=8),
     "small": dict(),  # the default
     "standard": dict(d_model=96, n_heads=4, n_blocks=3, n_bins=96, local_frames=32, mem_slots=32),
 }
@@ -111,8 +145,8 @@ class SparseAttention(nn.Module):
         self.h, self.hd = cfg.n_heads, cfg.d_model // cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        n_slots = cfg.local_frames + cfg.mem_slots if cfg.attention == "sparse" else 0
-        # learned relative-position bias per head and slot: local distances, then memory ages
+        n_slots = cfg.local_frames + sum(m for _, m in cfg.memory_levels) if cfg.attention == "sparse" else 0
+        # learned relative-position bias per head and slot: local distances, then memory ages (level by level)
         self.slot_bias = nn.Parameter(torch.zeros(cfg.n_heads, max(n_slots, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (B, T, d)
@@ -125,7 +159,7 @@ class SparseAttention(nn.Module):
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                is_causal=True, scale=1.0)  # q pre-scaled
             return self.out(y.transpose(1, 2).reshape(B, T, d))
-        L, D, M = self.cfg.local_frames, self.cfg.mem_block_frames, self.cfg.mem_slots
+        L = self.cfg.local_frames
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, T, hd)
         # local window, blocked: queries in block b see keys of blocks b-1 and b, masked to t-L+1..t.
         # Keys before the start are zeros (not masked), as in a zero-initialised streaming cache.
@@ -136,20 +170,29 @@ class SparseAttention(nn.Module):
             t = F.pad(t, (0, 0, L, Tp - T))
             return torch.cat([t[:, :, :-L].view(B, self.h, nbk, L, self.hd), t[:, :, L:].view(B, self.h, nbk, L, self.hd)], 3)
         kw, vw = windows(k), windows(v)
-        lg_loc = (qb @ kw.transpose(-1, -2) + self._local_bias()).reshape(B, self.h, Tp, 2 * L)[:, :, :T]
-        # pooled memory on the absolute grid: frame t sees the M blocks before c = (t+1) // D.
+        logits = [(qb @ kw.transpose(-1, -2) + self._local_bias()).reshape(B, self.h, Tp, 2 * L)[:, :, :T]]
+        # pooled memory on absolute grids: frame t sees the M blocks before c = (t+1) // D.
         # Grouping queries by c: shift by one frame so that group g holds frames g*D-1 .. g*D+D-2.
-        G, nb = -(-(T + 1) // D), T // D
-        qg = F.pad(q, (0, 0, 1, G * D - T - 1)).view(B, self.h, G, D, self.hd)
-        def memory(t):  # (B, h, T, hd) -> (B, h, G, M, hd): mean of each completed block, last M per group
-            blocks = t[:, :, : nb * D].reshape(B, self.h, nb, D, self.hd).sum(3) / D
-            return F.pad(blocks, (0, 0, M, 0)).unfold(2, M, 1)[:, :, :G].transpose(-1, -2)
-        km, vm = memory(k), memory(v)
-        lg_mem = (qg @ km.transpose(-1, -2)).reshape(B, self.h, G * D, M)[:, :, 1: T + 1] + self.slot_bias[:, None, L:]
-        p = torch.cat([lg_loc, lg_mem], dim=-1).softmax(-1)  # (B, h, T, 2L + M)
+        mems, off = [], L
+        for D, M in self.cfg.memory_levels:
+            G, nb = -(-(T + 1) // D), T // D
+            qg = F.pad(q, (0, 0, 1, G * D - T - 1)).view(B, self.h, G, D, self.hd)
+            def memory(t):  # (B, h, T, hd) -> (B, h, G, M, hd): mean of each completed block, last M per group
+                blocks = t[:, :, : nb * D].reshape(B, self.h, nb, D, self.hd).sum(3) / D
+                return F.pad(blocks, (0, 0, M, 0)).unfold(2, M, 1)[:, :, :G].transpose(-1, -2)
+            km, vm = memory(k), memory(v)
+            logits.append((qg @ km.transpose(-1, -2)).reshape(B, self.h, G * D, M)[:, :, 1: T + 1]
+                          + self.slot_bias[:, None, off: off + M])
+            mems.append((D, M, G, vm))
+            off += M
+        p = torch.cat(logits, dim=-1).softmax(-1)  # (B, h, T, 2L + sum M)
         p_loc = F.pad(p[..., : 2 * L], (0, 0, 0, Tp - T)).view(B, self.h, nbk, L, 2 * L)
-        p_mem = F.pad(p[..., 2 * L:], (0, 0, 1, G * D - T - 1)).view(B, self.h, G, D, M)
-        y = (p_loc @ vw).reshape(B, self.h, Tp, self.hd)[:, :, :T] + (p_mem @ vm).reshape(B, self.h, G * D, self.hd)[:, :, 1: T + 1]
+        y = (p_loc @ vw).reshape(B, self.h, Tp, self.hd)[:, :, :T]
+        off = 2 * L
+        for D, M, G, vm in mems:
+            p_mem = F.pad(p[..., off: off + M], (0, 0, 1, G * D - T - 1)).view(B, self.h, G, D, M)
+            y = y + (p_mem @ vm).reshape(B, self.h, G * D, self.hd)[:, :, 1: T + 1]
+            off += M
         return self.out(y.transpose(1, 2).reshape(B, T, d))
 
     def _local_bias(self):  # (h, L, 2L): slot bias by distance, -inf outside the window
@@ -177,6 +220,31 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x) * (1 + film[:, :, 2]) + film[:, :, 3])
 
 
+def ramp_between(prev, cur, ramp):
+    """Per-sample values across a hop: prev (..., C), cur (..., C), ramp (H,) -> (..., H, C)."""
+    return prev[..., None, :] + (cur - prev)[..., None, :] * ramp[:, None]
+
+
+def steered_fir(past, c, c_prev, ramp):
+    """A filter whose taps ramp from c_prev to c across each hop. past (R, H, K): per output sample
+    its last K inputs, oldest first; c, c_prev (R, K) -> (R, H). Ramping the taps = ramping between
+    the outputs of the two filters (linear in c): two small matmuls, no (R, H, K) tap tensor."""
+    now = torch.bmm(past, c[:, :, None])[..., 0]
+    before = torch.bmm(past, c_prev[:, :, None])[..., 0]
+    return before + (now - before) * ramp
+
+
+def read_delayed(buf, now, d):
+    """buf (..., L) at fractional delays d (..., P) before the indices ``now`` (P,), linearly
+    interpolated. The integer part of d is subtracted as an integer and the fraction comes from d
+    alone, so the offline and the streaming form (whose buffers start at different offsets) round
+    the same way."""
+    whole = torch.floor(d)
+    frac = d - whole
+    i = now - whole.long()  # the sample at the whole delay; frac reaches one sample further back
+    return torch.gather(buf, -1, i) * (1 - frac) + torch.gather(buf, -1, i - 1) * frac
+
+
 class SignalTrainPi(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -194,12 +262,30 @@ class SignalTrainPi(nn.Module):
         self.ln_out = nn.LayerNorm(d, elementwise_affine=False)
         self.gain_head = nn.Linear(d, 1)
         self.fir_head = nn.Linear(d, cfg.fir_taps) if cfg.fir_taps else None
-        for lin in (self.gain_head, self.fir_head, self.film[-1]):
+        J = cfg.shaper_units
+        if J:
+            # per frame: pre-gain g (1), unit biases beta (J), post-filter taps (post_taps)
+            self.shaper_head = nn.Linear(d, 1 + J + cfg.shaper_post_taps)
+            pre = torch.zeros(cfg.shaper_pre_taps)
+            pre[-1] = 1.0  # oldest tap first: the newest tap is the identity
+            self.shaper_pre = nn.Parameter(pre)
+            # unit slopes log-spaced 0.25..4: with weights 1/(J a_j) the sum has slope 1 at 0 and
+            # already clips at several levels; the optimiser moves log-slopes (scale-free steps)
+            self.shaper_log_slope = nn.Parameter(torch.linspace(math.log(0.25), math.log(4.0), J))
+            self.shaper_weight = nn.Parameter(1.0 / (J * torch.exp(self.shaper_log_slope.detach().clone())))
+        self.delay_head = None
+        if cfg.delay_lines:
+            # a delay time is a setting: it comes from the knobs alone. Steered by the attention
+            # stream, float32 noise of the trunk (1e-6) moves a 10,000-sample delay by 1e-2 samples,
+            # and the streaming and offline forms would differ by that times the signal's slope.
+            self.delay_knobs = nn.Sequential(nn.Linear(cfg.n_knobs, 16), nn.ReLU(), nn.Linear(16, cfg.delay_lines))
+            self.delay_head = nn.Linear(d, 2 * cfg.delay_lines)  # per line: feedback, wet level
+        for lin in (self.gain_head, self.fir_head, getattr(self, "shaper_head", None), self.delay_head, self.film[-1]):
             if lin is None:
                 continue
             nn.init.normal_(lin.weight, std=1e-3)
             nn.init.zeros_(lin.bias)
-        # raised-cosine ramp from one hop's gain to the next: no slope corners at the hop rate
+        # raised-cosine ramp from one hop's values to the next: no slope corners at the hop rate
         # (a linear ramp puts sidebands at multiples of sample_rate / hop around every tone)
         i = torch.arange(1, cfg.hop + 1, dtype=torch.float64)
         self.register_buffer("ramp", (0.5 - 0.5 * torch.cos(math.pi * i / cfg.hop)).float(), persistent=False)
@@ -216,15 +302,67 @@ class SignalTrainPi(nn.Module):
         h = self.in_proj(0.1 * feats) * (1 + film[:, :, 0]) + film[:, :, 1]  # log power / 10: order 1
         return h, film
 
-    def heads(self, h):  # (B, T, d) -> log-gain (B, T), FIR coefficients (B, T, taps), oldest tap first
+    def heads(self, h, knobs) -> dict:
+        """(B, T, d), knobs (B, T, K) -> per-frame values of every part, each (B, T, C), ramped later across the hop:
+        gain (log-gain), fir (taps, oldest first), shaper (pre-gain, unit biases, post taps),
+        delay (per line: position in the delay range 0..1, feedback, wet level)."""
+        cfg = self.cfg
         h = self.ln_out(h)
-        m = self.cfg.max_log_gain
-        c = self.cfg.fir_scale * self.fir_head(h) if self.fir_head is not None else None
-        return m * torch.tanh(self.gain_head(h)[..., 0] / m), c
+        m = cfg.max_log_gain
+        out = {"gain": m * torch.tanh(self.gain_head(h) / m)}
+        if self.fir_head is not None:
+            out["fir"] = cfg.fir_scale * self.fir_head(h)
+        if cfg.shaper_units:
+            z = self.shaper_head(h)
+            J = cfg.shaper_units
+            out["shaper"] = torch.cat([m * torch.tanh(z[..., :1] / m), 2.0 * torch.tanh(z[..., 1:1 + J]),
+                                       cfg.fir_scale * z[..., 1 + J:]], dim=-1)
+        if self.delay_head is not None:
+            z = self.delay_head(h)
+            n = cfg.delay_lines
+            pos = torch.clamp(self.delay_from_knobs(knobs) + 0.5, 0.0, 1.0)
+            out["delay"] = torch.cat([pos, 0.98 * torch.tanh(z[..., :n]), z[..., n:]], dim=-1)
+        return out
+
+    def delay_from_knobs(self, knobs):
+        """knobs (..., K) -> (..., lines): the small knob MLP of the delay times, written as a
+        fixed sequence of elementwise multiply-adds, so that a batch of frames and a single frame
+        round alike (a matmul's or a sum's order of additions depends on the tensor's shape, and
+        one ulp of a 10,000-sample delay moves the output by 1e-3 samples' worth of slope), and
+        only exactly rounded operations (no exp, tanh or sigmoid, whose vector and scalar code
+        paths differ in the last bit)."""
+        l1, l2 = self.delay_knobs[0], self.delay_knobs[2]
+        h = l1.bias
+        for i in range(knobs.shape[-1]):
+            h = h + knobs[..., i:i + 1] * l1.weight[:, i]
+        h = F.relu(h)
+        out = l2.bias
+        for j in range(h.shape[-1]):
+            out = out + h[..., j:j + 1] * l2.weight[:, j]
+        return out
+
+    def waveshape(self, u, beta):
+        """u (..., H), beta (..., H, J) -> (..., H): sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)].
+        The subtraction keeps silence silent (no DC from the biases)."""
+        a = torch.exp(self.shaper_log_slope)
+        return ((torch.tanh(u[..., None] * a + beta) - torch.tanh(beta)) * self.shaper_weight).sum(-1)
+
+    def delay_positions(self, pos01):
+        """Position in the delay range 0..1 -> delay in samples, delay_min..delay_max; quadratic:
+        finer steps at short delays (multiplications only: see delay_from_knobs)."""
+        cfg = self.cfg
+        return cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (pos01 * pos01)
+
+    def delay_to_position(self, samples):
+        """The inverse of delay_positions (numpy or float), for teaching a line its delay."""
+        cfg = self.cfg
+        frac = (min(max(float(samples), cfg.delay_min), cfg.delay_max) - cfg.delay_min) / (cfg.delay_max - cfg.delay_min)
+        return frac ** 0.5
 
     # --- offline (training) form ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, knobs: torch.Tensor) -> torch.Tensor:
-        """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1."""
+    def forward(self, x: torch.Tensor, knobs: torch.Tensor, return_heads: bool = False):
+        """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1.
+        ``return_heads``: also the per-frame head values (for auxiliary losses)."""
         cfg = self.cfg
         B, N = x.shape
         H, T = cfg.hop, N // cfg.hop
@@ -236,21 +374,55 @@ class SignalTrainPi(nn.Module):
         h, film = self.trunk_in(self.features(frames), knobs)
         for i, blk in enumerate(self.blocks):
             h = blk(h, film[:, :, 2 + 4 * i: 6 + 4 * i])
-        s, c = self.heads(h)  # (B, T), (B, T, K)
-        s_prev = F.pad(s[:, :-1], (1, 0))  # zero log-gain before the start
-        s_n = s_prev[..., None] + (s - s_prev)[..., None] * self.ramp  # (B, T, H) per-sample log-gain
-        y = torch.exp(s_n) * x.view(B, T, H)
-        if c is None:
-            return y.reshape(B, N)
-        c_prev = F.pad(c[:, :-1], (0, 0, 1, 0))
-        K = cfg.fir_taps
-        past = F.pad(x, (K - 1, 0)).unfold(1, K, 1).reshape(B * T, H, K)  # x[n-K+1..n], oldest first
-        # ramping the taps = ramping between the outputs of the two filters (linear in c): two
-        # small matmuls instead of a (B, T, H, K) tensor of per-sample taps
-        now = torch.bmm(past, c.reshape(B * T, K, 1)).view(B, T, H)
-        before = torch.bmm(past, c_prev.reshape(B * T, K, 1)).view(B, T, H)
-        r = before + (now - before) * self.ramp  # (B, T, H)
-        return (y + r).reshape(B, N)
+        hd = self.heads(h, knobs)
+        ramped = {k: ramp_between(F.pad(v[:, :-1], (0, 0, 1, 0)), v, self.ramp) for k, v in hd.items()}  # (B, T, H, C)
+        y = torch.exp(ramped["gain"][..., 0]) * x.view(B, T, H)  # (B, T, H)
+        if "fir" in hd:
+            K = cfg.fir_taps
+            past = F.pad(x, (K - 1, 0)).unfold(1, K, 1).reshape(B * T, H, K)  # x[n-K+1..n], oldest first
+            c = hd["fir"]
+            y = y + steered_fir(past, c.reshape(B * T, K), F.pad(c[:, :-1], (0, 0, 1, 0)).reshape(B * T, K),
+                                self.ramp).view(B, T, H)
+        if "shaper" in hd:
+            J, Kp, Kq = cfg.shaper_units, cfg.shaper_pre_taps, cfg.shaper_post_taps
+            pre = F.conv1d(F.pad(x, (Kp - 1, 0))[:, None], self.shaper_pre.view(1, 1, Kp))[:, 0]  # (B, N)
+            r = ramped["shaper"]
+            u = torch.exp(r[..., 0]) * pre.view(B, T, H)
+            z = self.waveshape(u, r[..., 1:1 + J]).reshape(B, N)
+            p = hd["shaper"][..., 1 + J:]
+            past = F.pad(z, (Kq - 1, 0)).unfold(1, Kq, 1).reshape(B * T, H, Kq)
+            y = y + steered_fir(past, p.reshape(B * T, Kq), F.pad(p[:, :-1], (0, 0, 1, 0)).reshape(B * T, Kq),
+                                self.ramp).view(B, T, H)
+        if "delay" in hd:
+            y = y + self._delay_offline(x, ramped["delay"].reshape(B, N, -1))
+        y = y.reshape(B, N)
+        return (y, hd) if return_heads else y
+
+    def _delay_offline(self, x, r):
+        """x (B, N); r (B, N, 3 * lines) per-sample (position, feedback, wet) -> wet sum (B, T, H).
+        Every line reads at least delay_min > block samples back, so a block of ``block`` samples
+        depends only on blocks before it: the recursion runs block by block, not sample by sample."""
+        cfg = self.cfg
+        B, N = x.shape
+        n, P = cfg.delay_lines, cfg.delay_block
+        d = self.delay_positions(r[..., :n])  # (B, N, n) samples
+        fb, wet = r[..., n:2 * n], r[..., 2 * n:]
+        W = -(-(cfg.delay_max + 1) // P) + 1  # blocks of history a read can reach
+        nblk = -(-N // P)
+        pad = nblk * P - N
+        xb = F.pad(x, (0, pad)).view(B, 1, nblk, P).expand(B, n, nblk, P)
+        d = F.pad(d.transpose(1, 2), (0, pad), value=float(cfg.delay_min)).view(B, n, nblk, P)
+        fb = F.pad(fb.transpose(1, 2), (0, pad)).view(B, n, nblk, P)
+        hist = [x.new_zeros(B, n, P)] * W
+        now = W * P + torch.arange(P, device=x.device)  # each sample's own index in the window
+        reads = []
+        for k in range(nblk):
+            window = torch.cat(hist[-W:], dim=-1)  # (B, n, W*P): b of the last W blocks
+            rd = read_delayed(window, now, d[:, :, k])
+            hist.append(xb[:, :, k] + fb[:, :, k] * rd)
+            reads.append(rd)
+        rd = torch.stack(reads, 2).reshape(B, n, nblk * P)[:, :, :N].transpose(1, 2)  # (B, N, n)
+        return (wet * rd).sum(-1).view(B, N // cfg.hop, cfg.hop)
 
 
 class StepModel(nn.Module):
@@ -264,15 +436,23 @@ class StepModel(nn.Module):
             raise ValueError("dense attention has no streaming form (it is a comparison, not the product)")
         self.m = model
         cfg = model.cfg
-        d, L, M = cfg.d_model, cfg.local_frames, cfg.mem_slots
-        parts = [("analysis", (cfg.window - cfg.hop,)), ("log_gain_prev", (1,)), ("block_phase", (1,))]
+        d, L = cfg.d_model, cfg.local_frames
+        parts = [("analysis", (cfg.window - cfg.hop,)), ("log_gain_prev", (1,))]
+        if cfg.attention == "sparse":
+            parts += [(f"block_phase{lv}", (1,)) for lv in range(len(cfg.memory_levels))]
         if cfg.fir_taps:
             parts.append(("fir_prev", (cfg.fir_taps,)))
+        if cfg.shaper_units:
+            parts += [("shaper_prev", (1 + cfg.shaper_units + cfg.shaper_post_taps,)),
+                      ("shaper_z", (cfg.shaper_post_taps - 1,))]
+        if cfg.delay_lines:
+            parts += [("delay_prev", (3 * cfg.delay_lines,)), ("delay_lines", (cfg.delay_lines, self.line_length))]
         if cfg.attention == "sparse":
             for i in range(cfg.n_blocks):
-                parts += [(f"b{i}.k_local", (L - 1, d)), (f"b{i}.v_local", (L - 1, d)),
-                          (f"b{i}.k_mem", (M, d)), (f"b{i}.v_mem", (M, d)),
-                          (f"b{i}.k_acc", (d,)), (f"b{i}.v_acc", (d,))]
+                parts += [(f"b{i}.k_local", (L - 1, d)), (f"b{i}.v_local", (L - 1, d))]
+                for lv, (_, M) in enumerate(cfg.memory_levels):
+                    parts += [(f"b{i}.k_mem{lv}", (M, d)), (f"b{i}.v_mem{lv}", (M, d)),
+                              (f"b{i}.k_acc{lv}", (d,)), (f"b{i}.v_acc{lv}", (d,))]
         self.layout, off = [], 0
         for name, shape in parts:
             size = math.prod(shape)
@@ -280,44 +460,80 @@ class StepModel(nn.Module):
             off += size
         self.state_size = off
 
+    @property
+    def line_length(self) -> int:
+        """Samples of each delay line's past kept in the state: the farthest read plus one."""
+        return self.m.cfg.delay_max + 2
+
     def initial_state(self) -> torch.Tensor:
         return torch.zeros(1, self.state_size)
 
     def forward(self, audio, knobs, state):
         m, cfg = self.m, self.m.cfg
-        H, D = cfg.hop, cfg.mem_block_frames
+        H = cfg.hop
         parts = {p["name"]: state[:, p["offset"]: p["offset"] + p["size"]] for p in self.layout}
         new = {}
         frame = torch.cat([parts["analysis"], audio], dim=1)  # (1, window)
         new["analysis"] = frame[:, H:]
         h, film = m.trunk_in(m.features(frame)[:, None, :], knobs[:, None, :])  # (1, 1, d)
-        phase = parts["block_phase"]  # frame index mod D, an exact small integer in float
-        flag = F.relu(1.0 - torch.abs(phase - (D - 1)))  # 1.0 exactly on a block's last frame, else 0.0
-        new["block_phase"] = (phase + 1.0) * (1.0 - flag)
+        flags = []
+        for lv, (D, _) in enumerate(cfg.memory_levels if cfg.attention == "sparse" else []):
+            phase = parts[f"block_phase{lv}"]  # frame index mod D, an exact small integer in float
+            flag = F.relu(1.0 - torch.abs(phase - (D - 1)))  # 1.0 exactly on a block's last frame, else 0.0
+            new[f"block_phase{lv}"] = (phase + 1.0) * (1.0 - flag)
+            flags.append(flag)
         for i, blk in enumerate(m.blocks):
             f = film[:, :, 2 + 4 * i: 6 + 4 * i]
             if blk.attn is not None:
                 a = blk.ln1(h) * (1 + f[:, :, 0]) + f[:, :, 1]
-                h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flag)[:, None, :]
+                h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flags)[:, None, :]
             h = h + blk.ffn(blk.ln2(h) * (1 + f[:, :, 2]) + f[:, :, 3])
-        s, c = m.heads(h)  # (1, 1), (1, 1, K)
+        hd = {k: v[:, 0] for k, v in m.heads(h, knobs[:, None, :]).items()}  # (1, C) each
         s_prev = parts["log_gain_prev"]
-        new["log_gain_prev"] = s[:, 0:1]
-        s_n = s_prev + (s[:, 0:1] - s_prev) * m.ramp  # (1, H)
-        out = torch.exp(s_n) * audio
-        if c is not None:
-            c_prev, K = parts["fir_prev"], cfg.fir_taps
-            new["fir_prev"] = c[:, 0]
-            seg = frame[:, cfg.window - H - K + 1:]  # (1, H + K - 1): the hop and the K - 1 samples before it
-            past = torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)  # (H, K), slices only
-            now = (past @ c[0, 0][:, None])[:, 0]  # (H,)
-            before = (past @ c_prev[0][:, None])[:, 0]
-            out = out + before + (now - before) * m.ramp
+        new["log_gain_prev"] = hd["gain"]
+        out = torch.exp(s_prev + (hd["gain"] - s_prev) * m.ramp) * audio  # (1, H)
+        if "fir" in hd:
+            K = cfg.fir_taps
+            new["fir_prev"] = hd["fir"]
+            out = out + steered_fir(self._past(frame, K), hd["fir"], parts["fir_prev"], m.ramp)
+        if "shaper" in hd:
+            J, Kp, Kq = cfg.shaper_units, cfg.shaper_pre_taps, cfg.shaper_post_taps
+            cur, prev = hd["shaper"], parts["shaper_prev"]
+            new["shaper_prev"] = cur
+            r = ramp_between(prev, cur, m.ramp)  # (1, H, C)
+            pre = (self._past(frame, Kp)[0] @ m.shaper_pre[:, None])[:, 0]  # (H,)
+            z = m.waveshape(torch.exp(r[0, :, 0]) * pre, r[0, :, 1:1 + J])[None]  # (1, H)
+            zs = torch.cat([parts["shaper_z"], z], dim=1)  # (1, H + Kq - 1)
+            new["shaper_z"] = zs[:, H:]
+            out = out + steered_fir(self._slices(zs, Kq), cur[:, 1 + J:], prev[:, 1 + J:], m.ramp)
+        if "delay" in hd:
+            out = out + self._delay_step(audio, hd["delay"], parts, new)
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)
 
-    def _attend(self, attn: SparseAttention, a, parts, new, pre, flag):  # a (1, d) -> (1, d)
+    def _past(self, frame, K):  # (1, window) -> (1, H, K): per sample of the hop its last K inputs, oldest first
+        H = self.m.cfg.hop
+        return self._slices(frame[:, frame.shape[1] - H - K + 1:], K)
+
+    def _slices(self, seg, K):  # (1, H + K - 1) -> (1, H, K), slices only (no gather: XNNPACK takes slices)
+        H = self.m.cfg.hop
+        return torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)[None]
+
+    def _delay_step(self, audio, cur, parts, new):
+        m, cfg = self.m, self.m.cfg
+        n, H, Lb = cfg.delay_lines, cfg.hop, self.line_length
+        prev = parts["delay_prev"]
+        new["delay_prev"] = cur
+        r = ramp_between(prev, cur, m.ramp)[0].transpose(0, 1)  # (3n, H)
+        d = m.delay_positions(r[:n])  # (n, H)
+        lines = parts["delay_lines"].view(n, Lb)  # b before this hop, oldest first
+        rd = read_delayed(lines, Lb + torch.arange(H), d)  # (n, H): the past only (d > hop)
+        b = audio + r[n:2 * n] * rd  # (n, H): the lines' new samples
+        new["delay_lines"] = torch.cat([lines[:, H:], b], dim=1).reshape(1, n * Lb)
+        return (r[2 * n:] * rd).sum(0, keepdim=True)  # (1, H)
+
+    def _attend(self, attn: SparseAttention, a, parts, new, pre, flags):  # a (1, d) -> (1, d)
         cfg = self.m.cfg
-        L, D, M, d, h, hd = cfg.local_frames, cfg.mem_block_frames, cfg.mem_slots, cfg.d_model, attn.h, attn.hd
+        L, d, h, hd = cfg.local_frames, cfg.d_model, attn.h, attn.hd
         z = attn.qkv(a)
         q, k, v = z[:, :d], z[:, d: 2 * d], z[:, 2 * d:]  # (1, d) each
         q = q * hd ** -0.5
@@ -325,14 +541,17 @@ class StepModel(nn.Module):
         for name, cur in (("k", k), ("v", v)):
             loc = torch.cat([parts[f"{pre}{name}_local"], cur], dim=1)  # (1, L*d), oldest first
             new[f"{pre}{name}_local"] = loc[:, d:]
-            acc = parts[f"{pre}{name}_acc"] + cur
-            ring = parts[f"{pre}{name}_mem"]  # (1, M*d), oldest first
-            ring = flag * torch.cat([ring[:, d:], acc / D], dim=1) + (1.0 - flag) * ring
-            new[f"{pre}{name}_mem"] = ring
-            new[f"{pre}{name}_acc"] = (1.0 - flag) * acc
-            out.append(torch.cat([loc.view(L, h, hd), ring.view(M, h, hd)], dim=0))  # (L+M, h, hd)
+            slots = [loc.view(L, h, hd)]
+            for lv, ((D, M), flag) in enumerate(zip(cfg.memory_levels, flags)):
+                acc = parts[f"{pre}{name}_acc{lv}"] + cur
+                ring = parts[f"{pre}{name}_mem{lv}"]  # (1, M*d), oldest first
+                ring = flag * torch.cat([ring[:, d:], acc / D], dim=1) + (1.0 - flag) * ring
+                new[f"{pre}{name}_mem{lv}"] = ring
+                new[f"{pre}{name}_acc{lv}"] = (1.0 - flag) * acc
+                slots.append(ring.view(M, h, hd))
+            out.append(torch.cat(slots, dim=0))  # (L + sum M, h, hd)
         keys, vals = out
-        logits = (keys * q.view(1, h, hd)).sum(-1).transpose(0, 1) + attn.slot_bias  # (h, L+M)
+        logits = (keys * q.view(1, h, hd)).sum(-1).transpose(0, 1) + attn.slot_bias  # (h, L + sum M)
         p = logits.softmax(-1)
         y = (p.transpose(0, 1)[:, :, None] * vals).sum(0)  # (h, hd)
         return attn.out(y.reshape(1, d))
@@ -343,9 +562,15 @@ def macs_per_second(cfg: ModelConfig) -> float:
     d, f = cfg.d_model, cfg.ffn_mult * cfg.d_model
     per_frame = cfg.window * 2 * cfg.n_bins + cfg.n_bins * d  # analysis + in_proj
     per_frame += cfg.n_knobs * 64 + 64 * (2 + 4 * cfg.n_blocks) * d  # FiLM
-    attn = 3 * d * d + d * d + 2 * (cfg.local_frames + cfg.mem_slots) * d if cfg.attention == "sparse" else 0
+    slots = cfg.local_frames + sum(m for _, m in cfg.memory_levels)
+    attn = 3 * d * d + d * d + 2 * slots * d if cfg.attention == "sparse" else 0
     per_frame += cfg.n_blocks * (attn + 2 * d * f)
     per_frame += d * (1 + cfg.fir_taps) + cfg.hop * (2 + 2 * cfg.fir_taps)  # heads, gain, FIR and its ramp
+    if cfg.shaper_units:
+        C = 1 + cfg.shaper_units + cfg.shaper_post_taps
+        per_frame += d * C + cfg.hop * (C + cfg.shaper_pre_taps + 4 * cfg.shaper_units + 2 * cfg.shaper_post_taps)
+    if cfg.delay_lines:
+        per_frame += d * 3 * cfg.delay_lines + cfg.hop * cfg.delay_lines * 12  # heads, ramps, two reads, lerp, feedback
     return per_frame * cfg.sample_rate / cfg.hop
 
 
@@ -356,3 +581,6 @@ if __name__ == "__main__":
             n = sum(p.numel() for p in SignalTrainPi(c).parameters())
             print(f"{name:<9} hop {hop:>3}: {n / 1e3:7.1f} k params, {macs_per_second(c) / 1e6:7.1f} M MAC/s, "
                   f"reach {c.reach_frames * hop / c.sample_rate:.2f} s, latency {c.latency_samples} samples")
+    c = tier_config("small", shaper_units=8, delay_lines=1)
+    print(f"small with shaper + delay line: {macs_per_second(c) / 1e6:.1f} M MAC/s, "
+          f"{sum(p.numel() for p in SignalTrainPi(c).parameters()) / 1e3:.1f} k params")

@@ -20,6 +20,7 @@ import torch
 
 from .data import PairSet
 from .model import SignalTrainPi, tier_config
+from .parts import Parts, parts_for
 
 
 @dataclass
@@ -32,9 +33,11 @@ class TrainConfig:
     hop: int = 64
     attention: str = "sparse"
     learn_analysis: bool = True
-    fir_taps: int = -1  # residual FIR taps; -1: none for a gain-only effect (a compressor), else 32
+    parts: str = "auto"  # model parts: "auto" (measured from the data, training/parts.py) or a list
+    #                      from gain,fir,shaper,delay (e.g. "gain,fir"; gain is always in)
     batch: int = 8
-    lookback_s: float = 0.5  # context only, not scored
+    lookback_s: float = -1.0  # context only, not scored; -1: 0.5 s, or what the delays found need
+    delay_weight: float = 1.0  # teaching the delay line each pair's measured delay (see training/parts.py)
     tail_s: float = 0.5  # scored
     lr: float = 3e-3
     stft_weight: float = 0.1  # multi-resolution STFT loss (auraloss) beside ESR: penalises hop-rate buzz ESR barely sees
@@ -52,15 +55,27 @@ def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.
     return ((pred - target) ** 2).sum(-1) / ((target ** 2).sum(-1) + target.shape[-1] * floor ** 2)
 
 
-def default_fir_taps(effect_name: str) -> int:
-    from .effects import CATALOGUE, base_effect_name
-    base, inverse = base_effect_name(effect_name)
-    effect = CATALOGUE.get(base)
-    return 0 if effect is not None and effect.gain_only and not inverse else 32
+def choose_parts(cfg: TrainConfig, train_set: PairSet, log=print) -> Parts:
+    """The model's parts: measured from the training pairs, or the list given in ``cfg.parts``
+    (measurements still supply a delay line's range and the per-pair delays, when there are any)."""
+    parts = parts_for(train_set, seed=cfg.seed, hop=cfg.hop, log=log)
+    if cfg.parts != "auto":
+        wanted = {p.strip() for p in cfg.parts.split(",") if p.strip()}
+        unknown = wanted - {"gain", "fir", "shaper", "delay"}
+        if unknown:
+            raise ValueError(f"--parts {cfg.parts!r}: unknown part(s) {sorted(unknown)} (choose from gain,fir,shaper,delay)")
+        parts.fir_taps = 32 if "fir" in wanted else 0
+        parts.shaper_units = 8 if "shaper" in wanted else 0
+        parts.delay_lines = 1 if "delay" in wanted else 0
+        if not parts.delay_lines:
+            parts.pair_delays, parts.lookback_s = {}, None
+        log(f"parts as given: {cfg.parts}")
+    return parts
 
 
-def chunk_sizes(cfg: TrainConfig, hop: int, sample_rate: int) -> tuple[int, int]:
-    look = int(round(cfg.lookback_s * sample_rate / hop)) * hop
+def chunk_sizes(cfg: TrainConfig, hop: int, sample_rate: int, lookback_s: float | None = None) -> tuple[int, int]:
+    look_s = cfg.lookback_s if cfg.lookback_s >= 0 else (lookback_s or 0.5)
+    look = int(round(look_s * sample_rate / hop)) * hop
     tail = int(round(cfg.tail_s * sample_rate / hop)) * hop
     return look, tail
 
@@ -84,17 +99,22 @@ def train(cfg: TrainConfig, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_set = PairSet(Path(cfg.data), "Train")
     val_set = PairSet(Path(cfg.data), "Val")
+    parts = choose_parts(cfg, train_set, log) if cfg.arch == "pi" else None
     mcfg = tier_config(cfg.tier, hop=cfg.hop, attention=cfg.attention, learn_analysis=cfg.learn_analysis,
-                       fir_taps=cfg.fir_taps if cfg.fir_taps >= 0 else default_fir_taps(train_set.effect),
-                       n_knobs=len(train_set.knob_specs),
-                       sample_rate=train_set.sample_rate)
+                       n_knobs=len(train_set.knob_specs), sample_rate=train_set.sample_rate,
+                       **(parts.model_overrides() if parts else {}))
     if cfg.arch == "pi":
         model = SignalTrainPi(mcfg)
     else:  # comparison baselines (no streaming form, never converted)
         from .baselines import build_baseline
         model = build_baseline(cfg.arch, n_knobs=len(train_set.knob_specs), sample_rate=train_set.sample_rate)
         mcfg = model.cfg
-    look, tail = chunk_sizes(cfg, mcfg.hop, mcfg.sample_rate)
+    look, tail = chunk_sizes(cfg, mcfg.hop, mcfg.sample_rate, parts.lookback_s if parts else None)
+    # each training pair's measured delay as a position in the line's range (NaN: none measured)
+    delay_pos = np.full(len(train_set.pairs), np.nan, np.float32)
+    if parts is not None and mcfg.delay_lines:
+        for i, lag in parts.pair_delays.items():
+            delay_pos[i] = model.delay_to_position(lag)
     vx, vy, vk = val_set.fixed_chunks(look + tail, cfg.val_chunks)
     dry_val = float(esr(torch.from_numpy(vx[:, look:]), torch.from_numpy(vy[:, look:])).mean())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -124,10 +144,17 @@ def train(cfg: TrainConfig, log=print) -> dict:
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * min(elapsed / budget, 1.0)))
         for g in opt.param_groups:
             g["lr"] = lr
-        xs, ys, ks = train_set.batch(rng, cfg.batch, look + tail)
+        xs, ys, ks, idx = train_set.batch(rng, cfg.batch, look + tail, with_index=True)
         x, y, k = torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(ks)
-        pred = model(x, k)[:, look:]
-        loss = esr(pred, y[:, look:]).mean()
+        taught = torch.from_numpy(delay_pos[idx])
+        if cfg.arch == "pi" and mcfg.delay_lines and cfg.delay_weight > 0 and not torch.isnan(taught).all():
+            pred, heads = model(x, k, return_heads=True)
+            pred = pred[:, look:]
+            seen = ~torch.isnan(taught)  # the first line learns each pair's measured delay
+            delay_loss = ((heads["delay"][seen][..., 0] - taught[seen][:, None]) ** 2).mean()
+        else:
+            pred, delay_loss = model(x, k)[:, look:], 0.0
+        loss = esr(pred, y[:, look:]).mean() + cfg.delay_weight * delay_loss
         if stft_loss is not None:
             loss = loss + cfg.stft_weight * stft_loss(pred[:, None], y[:, None, look:])
         opt.zero_grad(set_to_none=True)
@@ -148,7 +175,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
             run_loss = []
             if val < best:
                 best, best_step = val, step
-                save_checkpoint(out / "best.pt", model, cfg, train_set, {"val_esr": val, "step": step, "time_s": elapsed})
+                save_checkpoint(out / "best.pt", model, cfg, train_set, {"val_esr": val, "step": step, "time_s": elapsed},
+                                parts)
             if bar is not None:
                 bar.set_postfix(step=step, train=f"{history['train_esr'][-1]:.3f}", val=f"{val:.4f}", best=f"{best:.4f}")
         if bar is not None:
@@ -167,10 +195,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     return summary
 
 
-def save_checkpoint(path: Path, model: SignalTrainPi, cfg: TrainConfig, data: PairSet, metrics: dict) -> None:
+def save_checkpoint(path: Path, model: SignalTrainPi, cfg: TrainConfig, data: PairSet, metrics: dict,
+                    parts: Parts | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"arch": cfg.arch, "model_config": model.cfg.to_dict(), "state_dict": model.state_dict(), "train_config": asdict(cfg),
-                "effect": data.effect, "knobs": [k.to_dict() for k in data.knob_specs], "metrics": metrics}, tmp)
+                "effect": data.effect, "knobs": [k.to_dict() for k in data.knob_specs], "metrics": metrics,
+                "parts": {"chosen": model.cfg.parts, "measures": parts.measures} if parts else None}, tmp)
     tmp.replace(path)
 
 

@@ -126,7 +126,7 @@ def test_calibration_covers_the_knob_space_with_states_the_model_really_streams(
     # states are streamed ones, not zeros: the analysis buffer holds audio, and most tuples come
     # after the pooled attention memory began to fill (a block of frames later)
     part = {p["name"]: p for p in step.layout}
-    ana, mem = part["analysis"], part["b0.k_mem"]
+    ana, mem = part["analysis"], part["b0.k_mem0"]
     buf = cal["state"][:, ana["offset"]: ana["offset"] + ana["size"]]
     assert 0.2 < np.sqrt(np.mean(buf ** 2)) / np.sqrt(np.mean(cal["audio"] ** 2)) < 5
     filled = np.abs(cal["state"][:, mem["offset"]: mem["offset"] + mem["size"]]).max(1) > 0

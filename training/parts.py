@@ -1,0 +1,192 @@
+"""Which parts a model needs, read from the data: never from an effect's name.
+
+    python -m training.parts data/drive-demo      # prints the measurements and the choice
+
+The model (training/model.py) always has the gain path; the other parts are switched on by
+what the recorded pairs show, so a user's own compressor, drive or delay gets the right model:
+
+- **delay lines** when the pairs' linear impulse responses (Wiener deconvolution of target by
+  input, per pair at its fixed knob setting) hold a clear peak beyond the FIR's reach: an echo,
+  a chorus's delayed voice, drums pushed back on the grid. The per-pair peak lag is also the
+  delay the training loop teaches the delay line (a delay cannot be found by gradient descent
+  from afar: the loss is flat except within a sample of the right one). The range of the lines
+  (``delay_min``, ``delay_max``) spans the peaks found.
+- **the nonlinear path (shaper)** when, within short frames, a linear filter of the input leaves
+  much of the target unexplained (new harmonics: drive, fuzz, amps), after removing the
+  long-lag part of the impulse response (so an echo does not count as nonlinear).
+- **the FIR residual** unless one gain per frame explains the target (a compressor, a limiter:
+  a time-varying gain, which learns fastest without it).
+
+The measures are medians over up to ``max_pairs`` training pairs; thresholds are in
+``THRESHOLDS`` with the values measured on the catalogue's effects in docs/model.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+THRESHOLDS = {
+    "gain_only_residual": 0.01,  # per-frame best single gain leaves < 1% of the target: gain path only
+    "nonlinear_residual": 0.03,  # per-frame 32-tap linear fit leaves > 3%: add the shaper
+    "delay_peak": 0.25,  # a pair's far peak reaches >= 25% of its IR's largest tap: it has a delay
+    "delay_pairs": 0.25,
+    "delay_floor": 100.0,  # ... and stands 100x above the median far tap (echoes: 110-3000x; chorus, phaser: mostly 7-90x)  # ... in at least a quarter of the pairs: add delay lines
+}
+FRAME = 2048  # samples per frame of the local fits
+LOCAL_TAPS = 32  # the local linear fit's taps (the FIR residual's reach)
+
+
+@dataclass
+class PairMeasures:
+    gain_residual: float  # per-frame single-gain fit: residual energy / target energy
+    local_residual: float  # per-frame 32-tap fit of the target minus its long-lag part
+    far_peak: float  # largest |IR| beyond the FIR's reach, relative to the largest |IR|
+    far_lag: int  # its lag in samples
+
+
+@dataclass
+class Parts:
+    fir_taps: int
+    shaper_units: int
+    delay_lines: int
+    delay_min: int
+    delay_max: int
+    lookback_s: float | None  # a longer look-back the delays need (None: the default)
+    measures: dict = field(default_factory=dict)
+    pair_delays: dict = field(default_factory=dict)  # pair index -> delay in samples (training pairs)
+
+    def model_overrides(self) -> dict:
+        return {"fir_taps": self.fir_taps, "shaper_units": self.shaper_units, "delay_lines": self.delay_lines,
+                "delay_min": self.delay_min, "delay_max": self.delay_max}
+
+    def summary(self) -> str:
+        on = ["gain"] + [n for n, v in (("fir", self.fir_taps), ("shaper", self.shaper_units),
+                                        ("delay", self.delay_lines)) if v]
+        m = self.measures
+        text = (f"parts from the data: {' + '.join(on)} (gain-only residual {m['gain_residual']:.3f}, "
+                f"local linear residual {m['local_residual']:.3f}, pairs with a far peak {m['delay_pairs']:.2f}")
+        if self.delay_lines:
+            text += f"; delays {self.delay_min}..{self.delay_max} samples"
+        return text + ")"
+
+
+def impulse_response(x: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarray:
+    """Least-squares linear impulse response of y from x (Wiener deconvolution), lags 0..max_lag-1."""
+    n = 1 << int(np.ceil(np.log2(len(x) + max_lag)))
+    X, Y = np.fft.rfft(x, n), np.fft.rfft(y, n)
+    power = np.abs(X) ** 2
+    h = np.fft.irfft(Y * np.conj(X) / (power + 1e-3 * power.mean() + 1e-12), n)
+    return h[:max_lag]
+
+
+def far_peak(h: np.ndarray, near: int) -> tuple[int, float]:
+    """The largest tap beyond ``near`` -> (lag, its size relative to the IR's largest tap); 0 unless
+    it stands out of the far taps' floor (a time-varying effect smears a noisy floor over every lag)."""
+    far = np.abs(h[near:])
+    if not len(far):
+        return 0, 0.0
+    top = float(far.max())
+    if top < THRESHOLDS["delay_floor"] * float(np.median(far)):
+        return 0, 0.0
+    return int(near + far.argmax()), top / (float(np.abs(h).max()) + 1e-12)
+
+
+def measure_pair(x: np.ndarray, y: np.ndarray, max_lag: int, near: int) -> PairMeasures:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    h = impulse_response(x, y, max_lag)
+    lag, peak = far_peak(h, near)
+    h_far = h.copy()
+    h_far[:near] = 0.0
+    y_near = y - np.convolve(x, h_far)[: len(y)]  # the target without its long-lag (echo) part
+    frames = len(x) // FRAME
+    g_res = l_res = tot = 0.0
+    for f in range(frames):
+        s = slice(f * FRAME, (f + 1) * FRAME)
+        xs, ys, yn = x[s], y[s], y_near[s]
+        e = float(ys @ ys)
+        if e < 1e-8 * FRAME:  # silence says nothing
+            continue
+        g = float(xs @ ys) / max(float(xs @ xs), 1e-12)
+        g_res += float(((ys - g * xs) ** 2).sum())
+        start = f * FRAME
+        past = np.lib.stride_tricks.sliding_window_view(np.pad(x, (LOCAL_TAPS - 1, 0)), LOCAL_TAPS)[start:start + FRAME]
+        coef, *_ = np.linalg.lstsq(past, yn, rcond=None)
+        l_res += float(((yn - past @ coef) ** 2).sum())
+        tot += e
+    tot = max(tot, 1e-12)
+    return PairMeasures(g_res / tot, l_res / tot, peak, lag)
+
+
+def choose_parts(pairs_xy, sample_rate: int, hop: int = 64, max_delay_s: float = 1.0, log=None) -> Parts:
+    """pairs_xy: list of (pair index, input, target) at fixed knobs -> the parts and their measures."""
+    near = 2 * LOCAL_TAPS  # lags the FIR residual (and the frame's own timing) cover
+    ms = {}
+    for i, x, y in pairs_xy:
+        n = min(len(x), len(y))
+        max_lag = min(int(max_delay_s * sample_rate), n // 2)
+        ms[i] = measure_pair(x[:n], y[:n], max_lag, near)
+    if not ms:
+        raise ValueError("no pairs to measure")
+    g = float(np.median([m.gain_residual for m in ms.values()]))
+    loc = float(np.median([m.local_residual for m in ms.values()]))
+    delayed = {i: m.far_lag for i, m in ms.items() if m.far_peak >= THRESHOLDS["delay_peak"]}
+    share = len(delayed) / len(ms)
+    measures = {"gain_residual": g, "local_residual": loc, "delay_pairs": share, "pairs_measured": len(ms)}
+    fir = 0 if g < THRESHOLDS["gain_only_residual"] else 32
+    shaper = 8 if loc > THRESHOLDS["nonlinear_residual"] else 0
+    lines, dmin, dmax, lookback = 0, 129, 24000, None
+    if share >= THRESHOLDS["delay_pairs"]:
+        lags = np.array(sorted(delayed.values()))
+        lines = 1
+        # the shortest delay found, halved, but more than a hop (the streaming step reads the past
+        # only); the longest, with a quarter to spare for settings between the recorded ones
+        dmin = int(max(hop + 1, min(lags.min() // 2, 4096)))
+        dmax = int(max(dmin + hop, min(1.25 * lags.max(), max_delay_s * sample_rate)))
+        lookback = float(min(1.5, max(0.5, 2.0 * dmax / sample_rate)))  # two repeats of the longest echo
+        measures["delay_lags"] = [int(lags.min()), int(np.median(lags)), int(lags.max())]
+    parts = Parts(fir, shaper, lines, dmin, dmax, lookback, measures, delayed if lines else {})
+    if log:
+        log(parts.summary())
+    return parts
+
+
+def parts_for(train_set, max_pairs: int = 48, seed: int = 0, hop: int = 64, log=None) -> Parts:
+    """The parts for a PairSet (its pairs are at fixed knob settings), from up to ``max_pairs``
+    pairs; every pair's delay is measured so that the training loop can teach each one."""
+    rng = np.random.default_rng(seed)
+    idx = list(range(len(train_set.pairs)))
+    chosen = sorted(rng.choice(idx, min(max_pairs, len(idx)), replace=False).tolist())
+    parts = choose_parts([(i, train_set.x[i], train_set.y[i]) for i in chosen], train_set.sample_rate, hop, log=log)
+    if parts.delay_lines:  # teach every pair's delay, not only the measured sample's
+        near = 2 * LOCAL_TAPS
+        for i in idx:
+            if i in parts.pair_delays or i in chosen:
+                continue
+            x, y = train_set.x[i], train_set.y[i]
+            n = min(len(x), len(y))
+            h = impulse_response(np.asarray(x[:n], np.float64), np.asarray(y[:n], np.float64),
+                                 min(int(1.25 * parts.delay_max), n // 2))
+            lag, peak = far_peak(h, near)
+            if peak >= THRESHOLDS["delay_peak"]:
+                parts.pair_delays[i] = lag
+    return parts
+
+
+def main(argv=None):
+    from .data import PairSet
+    ap = argparse.ArgumentParser(description="Measure a dataset's training pairs and print the model parts they call for.")
+    ap.add_argument("data", type=Path)
+    a = ap.parse_args(argv)
+    ts = PairSet(a.data, "Train")
+    parts = parts_for(ts, log=print)
+    d = asdict(parts)
+    d["pair_delays"] = len(parts.pair_delays)
+    print(json.dumps(d, indent=1))
+
+
+if __name__ == "__main__":
+    main()
