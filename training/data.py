@@ -55,6 +55,11 @@ TIERS = {
     "full": {"seconds_each": 20.0, "n_midi": 300, "n_synth": 60},  # 2.0 h of source audio
 }
 TARGET_PEAK = 0.98  # a rendered pair whose input or target passes this is re-rendered from a quieter input
+MAX_REDRAWS = 8  # a rendered pair the loader's checks would refuse is drawn again at most this often
+
+
+class BuildError(ValueError):
+    """A pair that the loader would refuse could not be drawn again into one it accepts."""
 
 
 def format_knob(v: float) -> str:
@@ -361,7 +366,12 @@ def build_dataset(effect: Effect, out: Path, seed: int = 0, sample_rate: int = 4
     left None take the tier's); ``sources``: your own (name, kind, audio) items instead.
     ``inverse``: swap input and target (the effect is named ``{effect}_inv``). A pair whose input
     or target would peak above TARGET_PEAK is rendered again from a quieter input, so no file clips.
-    Inputs shared by several pairs are hard links to one file."""
+    Every rendered pair goes through the loader's own checks (``check_pair``) before it is
+    written; one they would refuse (a silent target: a quiet segment through a low level) is
+    drawn again, at most MAX_REDRAWS times: new knobs on the same segment, then new knobs on
+    another segment of the same item (Test: the same grid setting on another window of the
+    item). A pair that cannot be made acceptable stops the build with a ``BuildError`` that
+    names it and the checks' messages. Inputs shared by several pairs are hard links to one file."""
     t0 = time.time()
     cfg = dict(TIERS[tier]) if tier in TIERS else {}
     cfg.update({k: v for k, v in (("seconds_each", seconds_each), ("n_midi", n_midi), ("n_synth", n_synth)) if v is not None})
@@ -379,7 +389,7 @@ def build_dataset(effect: Effect, out: Path, seed: int = 0, sample_rate: int = 4
     for s in SPLITS:
         (out / s).mkdir(exist_ok=True)
     _clear_previous(out, log)
-    pairs, pid, kinds, seconds = [], 0, {}, {s: 0.0 for s in SPLITS}
+    pairs, pid, n_redrawn, kinds, seconds = [], 0, 0, {}, {s: 0.0 for s in SPLITS}
     seg = int(segment_s * sample_rate)
     written: dict[tuple, Path] = {}  # (source, start) -> the file that holds that clean segment
 
@@ -394,28 +404,61 @@ def build_dataset(effect: Effect, out: Path, seed: int = 0, sample_rate: int = 4
         if key is not None:
             written.setdefault(key, path)
 
-    def write(split, source, start, x, values):
-        nonlocal pid
-        pid += 1
-        gain, key = 1.0, (source, start)
+    def render(x, values):
+        """(model input, model target, input gain, the errors the loader would refuse the pair for)."""
+        gain = 1.0
         y = effect.render(x, sample_rate, values, seed=seed * 1_000_003 + pid)
         for _ in range(4):  # turn the input down until neither file would clip
             peak = max(float(np.abs(y).max()), float(np.abs(x).max()) * gain)
             if peak <= TARGET_PEAK:
                 break
             gain *= 0.97 * TARGET_PEAK / peak
-            key = None
             y = effect.render(x * gain, sample_rate, values, seed=seed * 1_000_003 + pid)
         clean = (x * gain).astype(np.float32)
         model_in, model_out = (y, clean) if inverse else (clean, y)
+        errors = check_pair(model_in, sample_rate, model_out, sample_rate, "input", "target", sample_rate).errors
+        return model_in, model_out, gain, errors
+
+    def write(split, source, audio, start, length, values):
+        """Render one pair and write it, drawn again where the loader would refuse it."""
+        nonlocal pid, n_redrawn
+        pid += 1
+        redraw_rng = np.random.default_rng([seed, pid])  # its own stream: the main draws stay as they were
+        starts = [s0 for s0 in range(0, len(audio) - length + 1, seg if split != "Test" else max(1, length // 2))
+                  if s0 != start]
+        tried = []
+        for attempt in range(MAX_REDRAWS + 1):
+            x = audio[start:start + length]
+            model_in, model_out, gain, errors = render(x, values)
+            if not errors:
+                break
+            tried.append(f"segment at {start / sample_rate:g} s, knobs {[format_knob(v) for v in values]}: "
+                         + "; ".join(e.message for e in errors))
+            if attempt == MAX_REDRAWS:
+                raise BuildError(f"{out}: effect {name}: pair {pid} ({split}, source {source}) would be refused by the "
+                                 f"loader's checks after {MAX_REDRAWS} re-draws:\n  " + "\n  ".join(tried))
+            if split == "Test":  # the grid setting stays; another window of the item
+                if not starts:
+                    raise BuildError(f"{out}: effect {name}: Test pair {pid} (source {source}) would be refused by the "
+                                     f"loader's checks and the item has no other window:\n  " + "\n  ".join(tried))
+                start = starts.pop(0)
+            else:  # new knobs; after half the tries, on another segment of the item too
+                values = sample_knobs(effect, redraw_rng, 1)[0]
+                if attempt >= MAX_REDRAWS // 2 - 1 and starts:
+                    start = starts.pop(int(redraw_rng.integers(len(starts))))
+        key = (source, start) if gain == 1.0 else None
         inp, tgt = out / split / f"input_{pid}_.wav", out / split / target_name(pid, name, values)
         save(inp, model_in, None if inverse else key)
         save(tgt, model_out, key if inverse else None)
-        seconds[split] += len(x) / sample_rate
+        seconds[split] += length / sample_rate
         pair = {"id": pid, "split": split, "source": source, "input": str(inp.relative_to(out)),
                 "target": str(tgt.relative_to(out)), "knobs": [float(v) for v in values]}
         if gain != 1.0:
             pair["input_gain_db"] = round(20 * np.log10(gain), 2)
+        if tried:
+            n_redrawn += 1
+            pair["redrawn"] = tried  # what the checks refused before this pair was accepted
+            log(f"dataset {out}: pair {pid} ({split}, {source}) drawn again {len(tried)}x: {tried[0]}")
         pairs.append(pair)
 
     if progress is None:
@@ -428,25 +471,26 @@ def build_dataset(effect: Effect, out: Path, seed: int = 0, sample_rate: int = 4
         kinds[src] = kind
         split = "Test" if i % 7 == 3 else "Val" if i % 7 == 5 else "Train"
         if split == "Test":
-            x = audio[: int(test_seconds * sample_rate)]
+            length = min(len(audio), int(test_seconds * sample_rate))
             for values in grid:
-                write(split, src, 0, x, values)
+                write(split, src, audio, 0, length, values)
             continue
         for s0 in range(0, len(audio) - seg + 1, seg):
             for values in sample_knobs(effect, rng, settings_per_segment if split == "Train" else 1):
-                write(split, src, s0, audio[s0:s0 + seg], values)
+                write(split, src, audio, s0, seg, values)
     inodes = {(st.st_dev, st.st_ino): st.st_size for st in (os.stat(out / p[f]) for p in pairs for f in ("input", "target"))}
     meta = {"effect": name, "base_effect": effect.name, "inverse": inverse, "description": effect.description
             + (" (inverse: input and target swapped)" if inverse else ""),
             "knobs": [k.to_dict() for k in effect.knobs], "sample_rate": sample_rate, "seed": seed,
             "tier": tier if items_given is None else "custom",
-            "latency_samples": 0, "pairs": pairs, "sources": kinds,
+            "latency_samples": 0, "redrawn_pairs": n_redrawn, "pairs": pairs, "sources": kinds,
             "seconds": {s: round(v, 1) for s, v in seconds.items()}, "bytes": sum(inodes.values()),
             "build_seconds": round(time.time() - t0, 1)}
     (out / "dataset.json").write_text(json.dumps(meta, indent=1))
     counts = {s: sum(p["split"] == s for p in pairs) for s in SPLITS}
     log(f"dataset {out}: {len(kinds)} source items, pairs {counts}, {sum(seconds.values()) / 60:.1f} min of pairs, "
-        f"{meta['bytes'] / 1e6:.0f} MB, built in {time.time() - t0:.1f} s")
+        f"{meta['bytes'] / 1e6:.0f} MB, built in {time.time() - t0:.1f} s"
+        + (f"; {n_redrawn} pairs drawn again (the loader would have refused them)" if n_redrawn else ""))
     return out
 
 
@@ -542,7 +586,9 @@ class PairSet:
         self.knobs = np.array([[k.to_normalized(v) for k, v in zip(self.knob_specs, p.knobs)] for p in self.pairs], np.float32)
         self.lengths = np.array([len(x) for x in self.x])
 
-    def batch(self, rng: np.random.Generator, batch: int, chunk: int):
+    def batch(self, rng: np.random.Generator, batch: int, chunk: int, with_index: bool = False):
+        """``batch`` random chunks (xs, ys, knobs), weighted by pair length; ``with_index``: also
+        which pair each chunk came from."""
         ok = np.flatnonzero(self.lengths >= chunk)
         if not len(ok):
             raise ValueError(f"no pair is as long as a chunk of {chunk} samples (longest {self.lengths.max()})")
@@ -551,7 +597,7 @@ class PairSet:
         for b, i in enumerate(idx):
             s = rng.integers(0, self.lengths[i] - chunk + 1)
             xs[b], ys[b] = self.x[i][s:s + chunk], self.y[i][s:s + chunk]
-        return xs, ys, self.knobs[idx]
+        return (xs, ys, self.knobs[idx], idx) if with_index else (xs, ys, self.knobs[idx])
 
     def fixed_chunks(self, chunk: int, n: int, seed: int = 1234):
         """The same chunks every call: a stable validation set."""

@@ -14,10 +14,10 @@ import soundfile as sf
 
 from device.knobspec import KnobSpec
 from training import sources
-from training.data import (SIGNALTRAIN_KNOBS, TARGET_PEAK, PairSet, assign_splits, build_dataset, read_dataset,
-                           read_pairs)
-from training.effects import get_effect
-from training.recordings import RecordingError
+from training.data import (MAX_REDRAWS, SIGNALTRAIN_KNOBS, TARGET_PEAK, BuildError, PairSet, assign_splits,
+                           build_dataset, read_dataset, read_pairs)
+from training.effects import CATALOGUE, get_effect, onset_error_ms
+from training.recordings import RecordingError, check_pair
 
 SR = 48000
 REPO = Path(__file__).resolve().parents[2]
@@ -116,6 +116,69 @@ def test_a_rebuild_replaces_the_previous_files(tmp_path):
     build_dataset(get_effect("comp4"), tmp_path, **TINY)
     build_dataset(get_effect("chorus"), tmp_path, **TINY)
     assert not list(tmp_path.glob("*/target_*_comp4__*.wav"))
+
+
+# --- every effect builds, and every pair it writes loads -----------------------------------------
+BUILDS = [(name, False) for name in CATALOGUE] + [("noise", True), ("timing", True)]
+
+
+@pytest.mark.parametrize("name,inverse", BUILDS, ids=[n + ("_inv" if i else "") for n, i in BUILDS])
+def test_every_effect_builds_a_demo_set_that_loads_without_a_refusal(tmp_path, name, inverse):
+    root = build_dataset(get_effect(name), tmp_path / name, inverse=inverse, **TINY)
+    meta = json.loads((root / "dataset.json").read_text())
+    assert meta["effect"] == name + ("_inv" if inverse else "") and meta["base_effect"] == name
+    n_grid = 2 ** len(get_effect(name).knobs)
+    counts = {s: len(PairSet(root, s, log=lambda m: None).pairs) for s in ("Train", "Val", "Test")}  # raises on any error
+    assert counts == {"Train": 20, "Val": 2, "Test": n_grid}
+
+
+def test_timing_inverse_pairs_are_pushed_input_and_on_grid_target(tmp_path):
+    """The time-alignment task: the input plays push_ms early, the target is on the grid; the
+    onset measure sees the push in the input and nothing in the target."""
+    root = build_dataset(get_effect("timing"), tmp_path / "t", inverse=True, **{**TINY, "test_seconds": 2.0})
+    test = PairSet(root, "Test")
+    assert [p.source for p in test.pairs] == ["midi003_drums"] * 2 and [p.knobs for p in test.pairs] == [[6.0], [24.0]]
+    for p, x, y in zip(test.pairs, test.x, test.y):
+        assert onset_error_ms(y, x, SR) == pytest.approx(p.knobs[0], abs=0.1)  # measured: 6.02 and 24.02 ms
+        assert onset_error_ms(y, y, SR) < 0.05
+
+
+def test_drive_quiet_low_segment_at_low_drive_and_level_renders_a_silent_target():
+    """The cause of the refused drive pair (demo tier, pair 335): the first 2 s of the log sweep
+    item (30..144 Hz, rising) scaled to a -51 dBFS peak, through the 200 Hz high-pass (-4.5 dB at
+    144 Hz, more below), 0.5 dB of drive (tanh still linear) and a -23.8 dB level: -80.7 dBFS."""
+    x = sources.sweep(np.random.default_rng(0), 8.0, SR)[:2 * SR]
+    x = (x / np.abs(x).max() * 10 ** (-51.3 / 20)).astype(np.float32)
+    y = get_effect("drive").render(x, SR, [0.499, 1600.2, -23.83])
+    assert -82 < 20 * np.log10(np.abs(y).max()) < -80
+    errors = check_pair(x, SR, y, SR, "input", "target", SR).errors
+    assert [e.message.split(":")[0] for e in errors] == ["target is silent"]
+
+
+def test_a_pair_the_loader_would_refuse_is_drawn_again(tmp_path):
+    rng = np.random.default_rng(0)
+    low = 10 ** (-60 / 20) * np.sin(2 * np.pi * 40 * np.arange(SR) / SR)  # 1 s at 40 Hz, -60 dBFS: the 200 Hz
+    items = []  # high-pass takes 14 dB, so drive + level under about -6 dB leaves a target under -80 dBFS
+    for i in range(7):
+        pluck = sources.plucks(rng, 1.0, SR)
+        items.append((f"item{i}", "plucks", np.concatenate([low, pluck / np.abs(pluck).max() * 0.1]).astype(np.float32)))
+    log = []
+    root = build_dataset(get_effect("drive"), tmp_path / "d", sources=items, **{**TINY, "log": log.append})
+    meta = json.loads((root / "dataset.json").read_text())
+    redrawn = [p for p in meta["pairs"] if "redrawn" in p]
+    assert redrawn and meta["redrawn_pairs"] == len(redrawn)
+    assert all("target is silent" in r for p in redrawn for r in p["redrawn"])
+    assert {p["split"] for p in redrawn} == {"Train", "Test"}  # new knobs; the same grid setting on another window
+    assert any("drawn again" in line for line in log)
+    for split in ("Train", "Val", "Test"):
+        PairSet(root, split, log=lambda m: None)  # every pair loads
+
+
+def test_a_pair_that_cannot_be_drawn_into_an_acceptable_one_stops_the_build_with_its_reasons(tmp_path):
+    silent = [(f"silent{i}", "steps", np.zeros(2 * SR, np.float32)) for i in range(7)]
+    with pytest.raises(BuildError, match=rf"pair 1 \(Train, source silent0\) would be refused by the loader's checks "
+                                         rf"after {MAX_REDRAWS} re-draws:\n  segment at 0 s, knobs .*input is silent"):
+        build_dataset(get_effect("comp4"), tmp_path / "s", sources=silent, **TINY)
 
 
 # --- SignalTrain's LA-2A layout ------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """The effect catalogue: every effect's target really depends on every knob, knobs can move during
-playback, and the noise effect is deterministic. Real pedalboard effects, numbers asserted."""
+playback, the noise effect is deterministic, fuzz is asymmetric, timing pushes by its knob and the
+onset measure sees it. Real pedalboard effects, numbers asserted."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from training import sources
-from training.effects import CATALOGUE, INVERSE_SUFFIX, NoiseAdder, base_effect_name, get_effect, heldout_grid, sample_knobs
+from training.effects import (CATALOGUE, INVERSE_SUFFIX, AsymmetricClipper, Chain, NoiseAdder, base_effect_name,
+                              get_effect, heldout_grid, onset_error_ms, onset_errors_ms, onsets, sample_knobs)
 
 SR = 48000
 # A knob sweep must change the target by far more than the modelling error we aim for (ESR 0.01,
@@ -106,3 +108,104 @@ def test_knob_draws_cover_the_space_with_extra_weight_at_the_ends():
     grid = heldout_grid(effect)
     assert grid.shape == (16, 4)
     assert not any(np.allclose(row, g) for row in values for g in grid)
+
+
+# --- the effects added for measurement: amp, fuzz, flanger, timing ---------------------------------
+def harmonics_db(y: np.ndarray, f0: float, n: int = 4) -> np.ndarray:
+    """Levels of harmonics 2..n against the fundamental (dB), from a Hann-windowed spectrum; f0 on a bin."""
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    bins = [spectrum[int(round(f0 * k * len(y) / SR))] for k in range(1, n + 1)]
+    return 20 * np.log10(np.array(bins[1:]) / bins[0])
+
+
+def test_fuzz_clips_asymmetrically_so_even_harmonics_appear_where_drive_has_none():
+    sine = (0.3 * np.sin(2 * np.pi * 200 * np.arange(SR) / SR)).astype(np.float32)
+    h2 = {}
+    for bias in (0.0, 0.5, 1.0):
+        h = harmonics_db(get_effect("fuzz").render(sine, SR, [25.0, bias, 6000.0, -12.0])[SR // 2:], 200)
+        h2[bias] = h[0]
+        assert h[0] > -30 and h[2] > -30, f"bias {bias}: H2 {h[0]:.1f} dB, H4 {h[2]:.1f} dB"  # -26..-19 dB measured
+    assert h2[0.0] < h2[0.5] < h2[1.0]  # the bias knob is the asymmetry: more of it, more even harmonics
+    for name, values in (("drive", [20.0, 8000.0, -12.0]), ("amp", [20.0, 0.0, 0.0, 0.0, -18.0])):
+        h = harmonics_db(get_effect(name).render(sine, SR, values)[SR // 2:], 200)
+        assert h[0] < -100 and h[1] > -20, (name, h)  # symmetric tanh: odd harmonics only (measured -137..-152 dB)
+
+
+def test_the_asymmetric_clipper_passes_small_signals_and_keeps_silence_silent():
+    clip = AsymmetricClipper(bias=1.0)
+    x = np.array([[-1e-4, 0.0, 1e-4, 5.0, -5.0]], np.float32)
+    y = clip(x, SR)
+    np.testing.assert_allclose(y[0, :3], [-1e-4, 0.0, 1e-4], rtol=1e-3)  # slope 1 at zero: no gate
+    assert y[0, 3] == pytest.approx(np.tanh(5.0)) and -0.07 < y[0, 4] < -0.05  # +1 against -k, k = 0.06
+
+
+def test_a_chain_of_plugins_and_python_stages_acts_like_a_pedalboard(music):
+    board = get_effect("fuzz").make(fuzz_db=30.0, bias=0.7, tone_hz=1000.0, level_db=-12.0)
+    assert isinstance(board, Chain) and len(board) == 5 and isinstance(board[1], AsymmetricClipper)
+    whole = board(music[None, :], SR)
+    parts = np.concatenate([board(music[None, :777], SR, reset=True), board(music[None, 777:], SR, reset=False)], axis=1)
+    np.testing.assert_allclose(parts, whole, atol=1e-6)  # the pedalboard filters keep their state across calls
+
+
+def test_the_flanger_sweeps_a_short_delay_by_its_depth():
+    """Impulses every 50 ms through the wet path only: the echo's delay follows the LFO between
+    3 - depth_ms and 3 + depth_ms (pedalboard's Chorus, centre 3 ms)."""
+    x = np.zeros(4 * SR, np.float32)
+    x[::2400] = 1.0
+    board = get_effect("flanger").make(rate_hz=0.25, depth_ms=2.0, feedback=0.0, mix=1.0)
+    y = board(x[None, :], SR)[0]
+    delays = [np.argmax(np.abs(y[i:i + 2400])) / SR * 1000 for i in range(0, len(x) - 2400, 2400)]
+    assert min(delays) == pytest.approx(1.0, abs=0.1) and max(delays) == pytest.approx(5.0, abs=0.1)
+
+
+@pytest.fixture(scope="module")
+def drums() -> np.ndarray:
+    """4 s of generated drums (the demo tier's kind), peaking at -10 dBFS."""
+    x = sources.midi_clip("drums", np.random.default_rng(3), 4.0, SR, sources.soundfont_path())
+    return (x / np.abs(x).max() * 10 ** (-10 / 20)).astype(np.float32)
+
+
+def test_timing_plays_the_material_early_by_push_ms(drums):
+    timing = get_effect("timing")
+    assert not timing.causal and all(e.causal for e in CATALOGUE.values() if e is not timing)
+    for push_ms in (0.0, 7.0, 30.0):
+        y = timing.render(drums, SR, [push_ms])
+        p = int(round(push_ms * SR / 1000))
+        np.testing.assert_array_equal(y[:len(drums) - p], drums[p:])  # y[n] = x[n + p]
+        assert not y[len(drums) - p:].any()  # what lies past the end is silence
+
+
+def test_timing_knob_moves_glide_without_a_click(drums):
+    timing = get_effect("timing")
+    block = 4800
+    rows = np.array([[0.0]] * 10 + [[20.0]] * (-(-len(drums) // block) - 10))
+    y = timing.render_automation(drums, SR, rows, block)
+    np.testing.assert_array_equal(y[:10 * block], drums[:10 * block])
+    late = timing.render(drums, SR, [20.0])
+    fade = int(0.005 * SR)
+    np.testing.assert_array_equal(y[10 * block + fade:], late[10 * block + fade:])
+    assert np.abs(np.diff(y[10 * block - 1:10 * block + fade + 1])).max() <= np.abs(np.diff(drums)).max()
+
+
+@pytest.mark.parametrize("push_ms", [0.5, 2.51, 10.0, 30.0])
+def test_the_onset_error_of_pushed_material_is_the_push(drums, push_ms):
+    pushed = get_effect("timing").render(drums, SR, [push_ms])
+    assert len(onsets(drums, SR)) >= 5
+    err = onset_errors_ms(drums, pushed, SR)
+    assert len(err) == len(onsets(drums, SR)) and np.all(err < 0)  # every onset matched, and early
+    assert onset_error_ms(drums, pushed, SR) == pytest.approx(push_ms, abs=0.1)
+    assert onset_error_ms(drums, drums, SR) < 0.05  # the sub-frame parabola on an asymmetric peak: 0.02 ms
+
+
+def test_the_onset_error_stands_up_to_noise_and_gain(drums):
+    noisy = drums * 0.5 + np.random.default_rng(1).normal(0, 10 ** (-50 / 20), len(drums)).astype(np.float32)
+    assert onset_error_ms(drums, noisy, SR) < 0.5
+    assert onset_error_ms(drums, get_effect("timing").render(noisy, SR, [10.0]), SR) == pytest.approx(10.0, abs=0.5)
+
+
+def test_the_onset_error_of_silence_is_nan():
+    silence = np.zeros(SR, np.float32)
+    assert np.isnan(onset_error_ms(silence, silence, SR))
+    click = silence.copy()
+    click[SR // 2] = 0.5
+    assert np.isnan(onset_error_ms(click, silence, SR))  # nothing like the reference's onset
