@@ -162,6 +162,17 @@ bench-soak: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 bench-train: .venv-host/.stamp $(DATA)/dataset.json
 	$(HOST) -m training.bench_train --data $(DATA) --minutes $(MINUTES)
 
+# Neural Amp Modeler's WaveNet (standard, lite) beside ours: MAC/s and time per audio second, PyTorch
+# and TFLite. Its own environment (NAM 0.12.3: the last release with those presets; torch 2.13.0 CPU)
+.PHONY: bench-nam
+.venv-nam/.stamp:
+	$(PY) -m venv .venv-nam
+	.venv-nam/bin/pip install -q --upgrade pip
+	.venv-nam/bin/pip install -q torch==2.13.0 neural-amp-modeler==0.12.3 onnx onnxscript
+	@touch $@
+bench-nam: .venv-nam/.stamp .venv-host/.stamp .venv-device/.stamp
+	.venv-nam/bin/python -m training.bench_nam
+
 # ---------------------------------------------------------------------------------------------------
 clean:
 	rm -rf build out runs .stamps
