@@ -390,7 +390,8 @@ def convert(checkpoint: Path, data: Path, out: Path, report: Path | None = None,
         models=models, default_precision="float32", files={}, tolerances={},
         golden={"file": "golden.npz", "seconds": len(golden["input"]) / cfg.sample_rate, "source": str(golden["source"]),
                 "kind": str(golden["kind"])},
-        training={"model_config": cfg.to_dict(), "metrics": ck.get("metrics", {}), "checkpoint": str(checkpoint)})
+        training={"model_config": cfg.to_dict(), "parts": cfg.parts, "parts_measured": (ck.get("parts") or {}).get("measures"),
+                  "metrics": ck.get("metrics", {}), "checkpoint": str(checkpoint)})
     if report and Path(report).exists():
         manifest.training["evaluation"] = json.loads(Path(report).read_text()).get("summary", {})
     _, is_device = device_python()

@@ -54,7 +54,7 @@ class ModelConfig:
     shaper_post_taps: int = 32  # its frame-steered post-filter (tone stack, level)
     delay_lines: int = 0  # recursive delay lines (echo, time alignment); 0 = none
     delay_min: int = 129  # shortest delay, samples (> the block the offline form recurses over)
-    delay_max: int = 24000  # longest delay, samples (the state holds this much of each line)
+    delay_max: int = 24129  # longest delay, samples (the state holds this much of each line)
     n_bins: int = 64  # analysis filterbank channels (Hann-windowed DFT bins, log-spaced)
     learn_analysis: bool = True  # learn the filterbank from its DFT init (it learns far faster; a
     #                              fixed one keeps magnitudes phase-invariant: less hop-rate ripple)
@@ -81,6 +81,10 @@ class ModelConfig:
             raise ValueError(f"attention {self.attention!r} must be sparse, dense or none")
         if self.delay_lines and not (self.hop < self.delay_min < self.delay_max):
             raise ValueError(f"delay lines need hop {self.hop} < delay_min {self.delay_min} < delay_max {self.delay_max}")
+        if self.delay_lines and not all(float16_exact(v) == v for v in (self.delay_min, self.delay_max - self.delay_min)):
+            # a float16 bundle stores these two constants in float16: rounded, every delay would be off
+            raise ValueError(f"delay_min {self.delay_min} and delay_max - delay_min {self.delay_max - self.delay_min} "
+                             f"must be exact in float16 (training.model.float16_exact)")
 
     @property
     def latency_samples(self) -> int:
@@ -107,6 +111,12 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def float16_exact(v: int) -> int:
+    """The largest integer <= v that float16 holds exactly (all up to 2048, then multiples of 2, 4, ...)."""
+    step = 1 << max(0, int(v).bit_length() - 11)
+    return int(v) // step * step
 
 
 # Size tiers: parameter counts and multiply-adds per second are printed by `python -m training.model`.
@@ -360,9 +370,13 @@ class SignalTrainPi(nn.Module):
         return frac ** 0.5
 
     # --- offline (training) form ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, knobs: torch.Tensor, return_heads: bool = False):
-        """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1.
-        ``return_heads``: also the per-frame head values (for auxiliary losses)."""
+    # set by the training loop when the data measured each pair's delay: the delay times then
+    # learn from those (training/parts.py), not from the audio loss, whose gradient with respect
+    # to a delay is the signal's slope: random in sign a sample away from the right delay
+    teach_delay = False
+
+    def forward(self, x: torch.Tensor, knobs: torch.Tensor) -> torch.Tensor:
+        """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1."""
         cfg = self.cfg
         B, N = x.shape
         H, T = cfg.hop, N // cfg.hop
@@ -375,7 +389,16 @@ class SignalTrainPi(nn.Module):
         for i, blk in enumerate(self.blocks):
             h = blk(h, film[:, :, 2 + 4 * i: 6 + 4 * i])
         hd = self.heads(h, knobs)
-        ramped = {k: ramp_between(F.pad(v[:, :-1], (0, 0, 1, 0)), v, self.ramp) for k, v in hd.items()}  # (B, T, H, C)
+        if self.teach_delay and "delay" in hd:
+            n = cfg.delay_lines
+            hd["delay"] = torch.cat([hd["delay"][..., :n].detach(), hd["delay"][..., n:]], dim=-1)
+        # per-sample values where the path needs them sample by sample (the filters ramp their outputs instead)
+        per_sample = {"gain": hd["gain"]}
+        if "shaper" in hd:
+            per_sample["shaper"] = hd["shaper"][..., :1 + cfg.shaper_units]  # pre-gain, unit biases
+        if "delay" in hd:
+            per_sample["delay"] = hd["delay"]
+        ramped = {k: ramp_between(F.pad(v[:, :-1], (0, 0, 1, 0)), v, self.ramp) for k, v in per_sample.items()}  # (B, T, H, C)
         y = torch.exp(ramped["gain"][..., 0]) * x.view(B, T, H)  # (B, T, H)
         if "fir" in hd:
             K = cfg.fir_taps
@@ -395,8 +418,7 @@ class SignalTrainPi(nn.Module):
                                 self.ramp).view(B, T, H)
         if "delay" in hd:
             y = y + self._delay_offline(x, ramped["delay"].reshape(B, N, -1))
-        y = y.reshape(B, N)
-        return (y, hd) if return_heads else y
+        return y.reshape(B, N)
 
     def _delay_offline(self, x, r):
         """x (B, N); r (B, N, 3 * lines) per-sample (position, feedback, wet) -> wet sum (B, T, H).
@@ -488,42 +510,56 @@ class StepModel(nn.Module):
                 a = blk.ln1(h) * (1 + f[:, :, 0]) + f[:, :, 1]
                 h = h + self._attend(blk.attn, a[:, 0], parts, new, f"b{i}.", flags)[:, None, :]
             h = h + blk.ffn(blk.ln2(h) * (1 + f[:, :, 2]) + f[:, :, 3])
-        hd = {k: v[:, 0] for k, v in m.heads(h, knobs[:, None, :]).items()}  # (1, C) each
+        hd = m.heads(h[:, 0], knobs)  # (1, C) each: 2-D, as onnx2tf slices 3-D tensors on the wrong axis
         s_prev = parts["log_gain_prev"]
         new["log_gain_prev"] = hd["gain"]
+        # 2-D tensors only from here on: onnx2tf transposes 3-D ones (channels last) and can get them wrong
         out = torch.exp(s_prev + (hd["gain"] - s_prev) * m.ramp) * audio  # (1, H)
         if "fir" in hd:
             K = cfg.fir_taps
             new["fir_prev"] = hd["fir"]
-            out = out + steered_fir(self._past(frame, K), hd["fir"], parts["fir_prev"], m.ramp)
+            out = out + self._fir(self._past(frame, K), hd["fir"], parts["fir_prev"])
         if "shaper" in hd:
             J, Kp, Kq = cfg.shaper_units, cfg.shaper_pre_taps, cfg.shaper_post_taps
             cur, prev = hd["shaper"], parts["shaper_prev"]
             new["shaper_prev"] = cur
-            r = ramp_between(prev, cur, m.ramp)  # (1, H, C)
-            pre = (self._past(frame, Kp)[0] @ m.shaper_pre[:, None])[:, 0]  # (H,)
-            z = m.waveshape(torch.exp(r[0, :, 0]) * pre, r[0, :, 1:1 + J])[None]  # (1, H)
+            r = prev + (cur - prev) * m.ramp[:, None]  # (H, C) per-sample values
+            pre = (self._past(frame, Kp) @ m.shaper_pre[:, None])[:, 0]  # (H,)
+            z = self._waveshape(torch.exp(r[:, 0]) * pre, r[:, 1:1 + J])[None]  # (1, H)
             zs = torch.cat([parts["shaper_z"], z], dim=1)  # (1, H + Kq - 1)
             new["shaper_z"] = zs[:, H:]
-            out = out + steered_fir(self._slices(zs, Kq), cur[:, 1 + J:], prev[:, 1 + J:], m.ramp)
+            out = out + self._fir(self._slices(zs, Kq), cur[:, 1 + J:], prev[:, 1 + J:])
         if "delay" in hd:
             out = out + self._delay_step(audio, hd["delay"], parts, new)
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)
 
-    def _past(self, frame, K):  # (1, window) -> (1, H, K): per sample of the hop its last K inputs, oldest first
+    def _past(self, frame, K):  # (1, window) -> (H, K): per sample of the hop its last K inputs, oldest first
         H = self.m.cfg.hop
         return self._slices(frame[:, frame.shape[1] - H - K + 1:], K)
 
-    def _slices(self, seg, K):  # (1, H + K - 1) -> (1, H, K), slices only (no gather: XNNPACK takes slices)
+    def _slices(self, seg, K):  # (1, H + K - 1) -> (H, K), slices only (no gather: XNNPACK takes slices)
         H = self.m.cfg.hop
-        return torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)[None]
+        return torch.stack([seg[0, j: j + H] for j in range(K)], dim=-1)
+
+    def _waveshape(self, u, beta):  # m.waveshape for one hop, same math: u (H,), beta (H, J) -> (H,)
+        # The slopes as a (1, J) row, not (J,): onnx2tf reads a 1-D constant of more than two values
+        # that feeds a unary op (Exp here) as an NCHW shape and permutes it to [0, 2, ..., J-1, 1],
+        # which pairs each unit's slope with another unit's weight (z came out 1.25x too large).
+        m = self.m
+        a = torch.exp(m.shaper_log_slope.view(1, -1))
+        return ((torch.tanh(u[:, None] * a + beta) - torch.tanh(beta)) * m.shaper_weight.view(1, -1)).sum(-1)
+
+    def _fir(self, past, c, c_prev):  # steered_fir for one hop, in 2-D: past (H, K), c, c_prev (1, K) -> (1, H)
+        now = (past @ c[0][:, None])[:, 0]
+        before = (past @ c_prev[0][:, None])[:, 0]
+        return (before + (now - before) * self.m.ramp)[None]
 
     def _delay_step(self, audio, cur, parts, new):
         m, cfg = self.m, self.m.cfg
         n, H, Lb = cfg.delay_lines, cfg.hop, self.line_length
         prev = parts["delay_prev"]
         new["delay_prev"] = cur
-        r = ramp_between(prev, cur, m.ramp)[0].transpose(0, 1)  # (3n, H)
+        r = (prev + (cur - prev) * m.ramp[:, None]).transpose(0, 1)  # (3n, H) per-sample values
         d = m.delay_positions(r[:n])  # (n, H)
         lines = parts["delay_lines"].view(n, Lb)  # b before this hop, oldest first
         rd = read_delayed(lines, Lb + torch.arange(H), d)  # (n, H): the past only (d > hop)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .model import float16_exact
+
 THRESHOLDS = {
     "gain_only_residual": 0.01,  # per-frame best single gain leaves < 1% of the target: gain path only
     "nonlinear_residual": 0.03,  # per-frame 32-tap linear fit leaves > 3%: add the shaper
@@ -138,14 +140,15 @@ def choose_parts(pairs_xy, sample_rate: int, hop: int = 64, max_delay_s: float =
     measures = {"gain_residual": g, "local_residual": loc, "delay_pairs": share, "pairs_measured": len(ms)}
     fir = 0 if g < THRESHOLDS["gain_only_residual"] else 32
     shaper = 8 if loc > THRESHOLDS["nonlinear_residual"] else 0
-    lines, dmin, dmax, lookback = 0, 129, 24000, None
+    lines, dmin, dmax, lookback = 0, 129, 24129, None
     if share >= THRESHOLDS["delay_pairs"]:
         lags = np.array(sorted(delayed.values()))
         lines = 1
         # the shortest delay found, halved, but more than a hop (the streaming step reads the past
         # only); the longest, with a quarter to spare for settings between the recorded ones
-        dmin = int(max(hop + 1, min(lags.min() // 2, 4096)))
-        dmax = int(max(dmin + hop, min(1.25 * lags.max(), max_delay_s * sample_rate)))
+        dmin = float16_exact(int(max(hop + 1, min(lags.min() // 2, 4096))))
+        span = int(max(hop, min(1.25 * lags.max(), max_delay_s * sample_rate) - dmin))
+        dmax = dmin + float16_exact(span + (1 << max(0, span.bit_length() - 11)))  # exact in a float16 bundle
         lookback = float(min(1.5, max(0.5, 2.0 * dmax / sample_rate)))  # two repeats of the longest echo
         measures["delay_lags"] = [int(lags.min()), int(np.median(lags)), int(lags.max())]
     parts = Parts(fir, shaper, lines, dmin, dmax, lookback, measures, delayed if lines else {})

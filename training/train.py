@@ -115,6 +115,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if parts is not None and mcfg.delay_lines:
         for i, lag in parts.pair_delays.items():
             delay_pos[i] = model.delay_to_position(lag)
+        model.teach_delay = bool(np.isfinite(delay_pos).any())
     vx, vy, vk = val_set.fixed_chunks(look + tail, cfg.val_chunks)
     dry_val = float(esr(torch.from_numpy(vx[:, look:]), torch.from_numpy(vy[:, look:])).mean())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -146,15 +147,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
             g["lr"] = lr
         xs, ys, ks, idx = train_set.batch(rng, cfg.batch, look + tail, with_index=True)
         x, y, k = torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(ks)
+        pred = model(x, k)[:, look:]
+        loss = esr(pred, y[:, look:]).mean()
         taught = torch.from_numpy(delay_pos[idx])
-        if cfg.arch == "pi" and mcfg.delay_lines and cfg.delay_weight > 0 and not torch.isnan(taught).all():
-            pred, heads = model(x, k, return_heads=True)
-            pred = pred[:, look:]
-            seen = ~torch.isnan(taught)  # the first line learns each pair's measured delay
-            delay_loss = ((heads["delay"][seen][..., 0] - taught[seen][:, None]) ** 2).mean()
-        else:
-            pred, delay_loss = model(x, k)[:, look:], 0.0
-        loss = esr(pred, y[:, look:]).mean() + cfg.delay_weight * delay_loss
+        seen = ~torch.isnan(taught)
+        if cfg.arch == "pi" and mcfg.delay_lines and seen.any():
+            # the first line learns each pair's measured delay (before the clamp to 0..1: no dead zone)
+            pos = model.delay_from_knobs(k[seen])[:, 0] + 0.5
+            loss = loss + cfg.delay_weight * ((pos - taught[seen]) ** 2).mean()
         if stft_loss is not None:
             loss = loss + cfg.stft_weight * stft_loss(pred[:, None], y[:, None, look:])
         opt.zero_grad(set_to_none=True)

@@ -96,8 +96,16 @@ class Flaky:
 
 
 @pytest.mark.parametrize("fault", ["nan", "raise"])
+def memory_reach_s(bundle) -> float:
+    """How far back the model's attention memory reaches: after a state reset, its output is the
+    uninterrupted one again once that much audio has passed."""
+    c = bundle.manifest.training["model_config"]
+    levels = [(c["mem_block_frames"], c["mem_slots"]), (c.get("mem2_block_frames", 0), c.get("mem2_slots", 0))]
+    return max(d * m for d, m in levels) * c["hop"] / c["sample_rate"]
+
+
 def test_a_model_fault_falls_back_to_dry_without_a_burst_and_recovers(bundle, fault):
-    x = loud_sine(3.0)
+    x = loud_sine(600 * 64 / 48000 + memory_reach_s(bundle) + 2.0)  # the fault, the memory's reach, then a second to compare
     n_hops = len(x) // 64
     rows = heavy_knobs(bundle, n_hops)
     e = Engine(bundle, crossfade_ms=10.0, warmup_s=0.25)
