@@ -8,10 +8,11 @@ Waveform in, waveform out, read top to bottom in the order data flows:
           gain    s_t  one log-gain: the "skip filter", like a compressor's gain      (always)
           fir     c_t  ``fir_taps`` taps of a time-varying filter of the input        (tone, EQ, a wet mix)
           shaper  g_t, beta_t, p_t: the per-sample nonlinear path (drive, fuzz, amp)
-                  u = exp(g) * (pre * x);  z = sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)];  y += p_t * z
+                  u = exp(g) * (pre * x);  z = sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)];
+                  the gain then scales p_t * z instead of x (a Wiener-Hammerstein chain with a level)
           delay   per line: delay d_t (samples), feedback f_t, wet level a_t (echo; chorus)
                   b[n] = x[n] + f(n) b[n - d(n)];  y += a(n) b[n - d(n)]   (fractional, interpolated)
-    y[n] = exp(s(n)) x[n] + (c(n) * x)[n] + (p(n) * z)[n] + sum_lines a(n) b[n - d(n)]
+    y[n] = exp(s(n)) x[n] + (c(n) * x)[n] + sum_lines a(n) b[n - d(n)]      x -> (p(n) * z) with a shaper
 
 Which parts a model has is a config choice (``fir_taps``, ``shaper_units``, ``delay_lines``),
 made from the data by training/parts.py (or given as an option), never from an effect's name.
@@ -270,12 +271,14 @@ class SignalTrainPi(nn.Module):
         self.film = nn.Sequential(nn.Linear(cfg.n_knobs, 64), nn.GELU(approximate="tanh"), nn.Linear(64, self.n_film * d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_blocks))
         self.ln_out = nn.LayerNorm(d, elementwise_affine=False)
-        self.gain_head = nn.Linear(d, 1)
+        # the heads see the knobs directly too: a level or drive knob in dB is a log-gain linear in
+        # its position, learned in a few steps instead of through the trunk's normalised features
+        self.gain_head = nn.Linear(d + cfg.n_knobs, 1)
         self.fir_head = nn.Linear(d, cfg.fir_taps) if cfg.fir_taps else None
         J = cfg.shaper_units
         if J:
             # per frame: pre-gain g (1), unit biases beta (J), post-filter taps (post_taps)
-            self.shaper_head = nn.Linear(d, 1 + J + cfg.shaper_post_taps)
+            self.shaper_head = nn.Linear(d + cfg.n_knobs, 1 + J + cfg.shaper_post_taps)
             pre = torch.zeros(cfg.shaper_pre_taps)
             pre[-1] = 1.0  # oldest tap first: the newest tap is the identity
             self.shaper_pre = nn.Parameter(pre)
@@ -283,6 +286,11 @@ class SignalTrainPi(nn.Module):
             # already clips at several levels; the optimiser moves log-slopes (scale-free steps)
             self.shaper_log_slope = nn.Parameter(torch.linspace(math.log(0.25), math.log(4.0), J))
             self.shaper_weight = nn.Parameter(1.0 / (J * torch.exp(self.shaper_log_slope.detach().clone())))
+            # the post-filter starts as the identity (its newest tap 1): the chain starts as y = gain * z,
+            # z ~ x for small signals, already clipping for loud ones; the gain path sets the level
+            ident = torch.zeros(cfg.shaper_post_taps)
+            ident[-1] = 1.0
+            self.register_buffer("shaper_identity", ident, persistent=False)
         self.delay_head = None
         if cfg.delay_lines:
             # a delay time is a setting: it comes from the knobs alone. Steered by the attention
@@ -318,15 +326,16 @@ class SignalTrainPi(nn.Module):
         delay (per line: position in the delay range 0..1, feedback, wet level)."""
         cfg = self.cfg
         h = self.ln_out(h)
+        hk = torch.cat([h, knobs], dim=-1)
         m = cfg.max_log_gain
-        out = {"gain": m * torch.tanh(self.gain_head(h) / m)}
+        out = {"gain": m * torch.tanh(self.gain_head(hk) / m)}
         if self.fir_head is not None:
             out["fir"] = cfg.fir_scale * self.fir_head(h)
         if cfg.shaper_units:
-            z = self.shaper_head(h)
+            z = self.shaper_head(hk)
             J = cfg.shaper_units
             out["shaper"] = torch.cat([m * torch.tanh(z[..., :1] / m), 2.0 * torch.tanh(z[..., 1:1 + J]),
-                                       cfg.fir_scale * z[..., 1 + J:]], dim=-1)
+                                       cfg.fir_scale * z[..., 1 + J:] + self.shaper_identity], dim=-1)
         if self.delay_head is not None:
             z = self.delay_head(h)
             n = cfg.delay_lines
@@ -399,7 +408,10 @@ class SignalTrainPi(nn.Module):
         if "delay" in hd:
             per_sample["delay"] = hd["delay"]
         ramped = {k: ramp_between(F.pad(v[:, :-1], (0, 0, 1, 0)), v, self.ramp) for k, v in per_sample.items()}  # (B, T, H, C)
-        y = torch.exp(ramped["gain"][..., 0]) * x.view(B, T, H)  # (B, T, H)
+        gain = torch.exp(ramped["gain"][..., 0])  # (B, T, H)
+        y = 0.0
+        if "shaper" not in hd:
+            y = gain * x.view(B, T, H)
         if "fir" in hd:
             K = cfg.fir_taps
             past = F.pad(x, (K - 1, 0)).unfold(1, K, 1).reshape(B * T, H, K)  # x[n-K+1..n], oldest first
@@ -414,8 +426,8 @@ class SignalTrainPi(nn.Module):
             z = self.waveshape(u, r[..., 1:1 + J]).reshape(B, N)
             p = hd["shaper"][..., 1 + J:]
             past = F.pad(z, (Kq - 1, 0)).unfold(1, Kq, 1).reshape(B * T, H, Kq)
-            y = y + steered_fir(past, p.reshape(B * T, Kq), F.pad(p[:, :-1], (0, 0, 1, 0)).reshape(B * T, Kq),
-                                self.ramp).view(B, T, H)
+            y = y + gain * steered_fir(past, p.reshape(B * T, Kq), F.pad(p[:, :-1], (0, 0, 1, 0)).reshape(B * T, Kq),
+                                       self.ramp).view(B, T, H)
         if "delay" in hd:
             y = y + self._delay_offline(x, ramped["delay"].reshape(B, N, -1))
         return y.reshape(B, N)
@@ -514,7 +526,8 @@ class StepModel(nn.Module):
         s_prev = parts["log_gain_prev"]
         new["log_gain_prev"] = hd["gain"]
         # 2-D tensors only from here on: onnx2tf transposes 3-D ones (channels last) and can get them wrong
-        out = torch.exp(s_prev + (hd["gain"] - s_prev) * m.ramp) * audio  # (1, H)
+        gain = torch.exp(s_prev + (hd["gain"] - s_prev) * m.ramp)  # (1, H)
+        out = gain * audio if "shaper" not in hd else 0.0
         if "fir" in hd:
             K = cfg.fir_taps
             new["fir_prev"] = hd["fir"]
@@ -528,7 +541,7 @@ class StepModel(nn.Module):
             z = self._waveshape(torch.exp(r[:, 0]) * pre, r[:, 1:1 + J])[None]  # (1, H)
             zs = torch.cat([parts["shaper_z"], z], dim=1)  # (1, H + Kq - 1)
             new["shaper_z"] = zs[:, H:]
-            out = out + self._fir(self._slices(zs, Kq), cur[:, 1 + J:], prev[:, 1 + J:])
+            out = out + gain * self._fir(self._slices(zs, Kq), cur[:, 1 + J:], prev[:, 1 + J:])
         if "delay" in hd:
             out = out + self._delay_step(audio, hd["delay"], parts, new)
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)

@@ -37,6 +37,9 @@ class TrainConfig:
     #                      from gain,fir,shaper,delay (e.g. "gain,fir"; gain is always in)
     batch: int = 8
     lookback_s: float = -1.0  # context only, not scored; -1: 0.5 s, or what the delays found need
+    esr_floor_db: float = -50.0  # a chunk's target counts as at least this RMS level (dBFS) in its ESR: a
+    #                              near-silent chunk (a drive's high-pass on a bass note) cannot rule the batch
+    esr_per_chunk: bool = True  # mean of per-chunk ESRs; False: the batch's error energy over its target energy
     delay_weight: float = 1.0  # teaching the delay line each pair's measured delay (see training/parts.py)
     tail_s: float = 0.5  # scored
     lr: float = 3e-3
@@ -53,6 +56,12 @@ def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.
     """Error-to-signal ratio per item (B,), the modelling error measure of NAM and the literature.
     ``floor`` (an RMS level, -80 dBFS) keeps near-silent chunks from dominating a batch."""
     return ((pred - target) ** 2).sum(-1) / ((target ** 2).sum(-1) + target.shape[-1] * floor ** 2)
+
+
+def pooled_esr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The batch's error energy over its target energy: every sample counts alike, so a chunk whose
+    target is nearly silent (a drive's high-pass on a bass note) cannot dominate the batch."""
+    return ((pred - target) ** 2).sum() / ((target ** 2).sum() + 1e-8)
 
 
 def choose_parts(cfg: TrainConfig, train_set: PairSet, log=print) -> Parts:
@@ -82,13 +91,16 @@ def chunk_sizes(cfg: TrainConfig, hop: int, sample_rate: int, lookback_s: float 
 
 @torch.no_grad()
 def evaluate_chunks(model, xs, ys, ks, look, batch=16) -> float:
+    """Validation ESR: the error energy over the target energy of all the chunks together, as the
+    test measures it per setting (a mean of per-chunk ESRs is ruled by the few near-silent targets)."""
     model.eval()
-    vals = []
+    err = sig = 0.0
     for i in range(0, len(xs), batch):
         x, y, k = (torch.from_numpy(a[i:i + batch]) for a in (xs, ys, ks))
-        vals.append(esr(model(x, k)[:, look:], y[:, look:]))
+        err += float(((model(x, k)[:, look:] - y[:, look:]) ** 2).sum())
+        sig += float((y[:, look:] ** 2).sum())
     model.train()
-    return float(torch.cat(vals).mean())
+    return err / max(sig, 1e-12)
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
@@ -117,7 +129,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             delay_pos[i] = model.delay_to_position(lag)
         model.teach_delay = bool(np.isfinite(delay_pos).any())
     vx, vy, vk = val_set.fixed_chunks(look + tail, cfg.val_chunks)
-    dry_val = float(esr(torch.from_numpy(vx[:, look:]), torch.from_numpy(vy[:, look:])).mean())
+    dry_val = float(((vx[:, look:] - vy[:, look:]) ** 2).sum() / max(float((vy[:, look:] ** 2).sum()), 1e-12))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stft_loss = None
     if cfg.stft_weight > 0:
@@ -148,7 +160,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         xs, ys, ks, idx = train_set.batch(rng, cfg.batch, look + tail, with_index=True)
         x, y, k = torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(ks)
         pred = model(x, k)[:, look:]
-        loss = esr(pred, y[:, look:]).mean()
+        loss = (esr(pred, y[:, look:], 10 ** (cfg.esr_floor_db / 20)).mean() if cfg.esr_per_chunk
+                else pooled_esr(pred, y[:, look:]))
         taught = torch.from_numpy(delay_pos[idx])
         seen = ~torch.isnan(taught)
         if cfg.arch == "pi" and mcfg.delay_lines and seen.any():
