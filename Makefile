@@ -20,7 +20,7 @@ DEMO := out/demo
 TESTKIT := build/testkit
 
 .PHONY: demo pedal pedal-steps test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
-        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak
+        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects
 
 # ---------------------------------------------------------------------------------------------------
 # set-up (idempotent: stamps are rewritten only when a requirements file changes)
@@ -157,6 +157,14 @@ bench-soak: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	@mkdir -p out/bench
 	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 128 --bundle $(SOAK_BUNDLE) --out out/bench/soak-128.json
 	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 64 --bundle $(SOAK_BUNDLE) --out out/bench/soak-64.json
+
+# every catalogue effect trained at one fixed CPU budget (BENCH_MINUTES each, 2 threads) and
+# evaluated on held-out sources x held-out knobs; the knob LSTM and FiLM TCN beside it for drive and
+# echo; BENCH_SEEDS="0 1 2" for the median and range over seeds (docs/effects.md)
+BENCH_MINUTES ?= 3
+BENCH_SEEDS ?= 0
+bench-effects: .venv-host/.stamp
+	$(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive echo
 
 # attention vs no attention, same data and budget each (2 x MINUTES of training)
 bench-train: .venv-host/.stamp $(DATA)/dataset.json
