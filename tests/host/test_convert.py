@@ -131,7 +131,8 @@ def test_calibration_covers_the_knob_space_with_states_the_model_really_streams(
     assert 0.2 < np.sqrt(np.mean(buf ** 2)) / np.sqrt(np.mean(cal["audio"] ** 2)) < 5
     filled = np.abs(cal["state"][:, mem["offset"]: mem["offset"] + mem["size"]]).max(1) > 0
     assert filled.mean() > 0.5
-    assert np.isfinite(cal["state"]).all() and np.abs(cal["state"]).max() < 1e3
+    # bounded: the largest values are the coarse memory's running sums (up to 256 frames of keys)
+    assert np.isfinite(cal["state"]).all() and np.abs(cal["state"]).max() < 1e4
     with torch.no_grad():  # a state the model produced, fed back, gives a finite next step
         y, s = step(torch.from_numpy(cal["audio"][:1]), torch.from_numpy(cal["knobs"][:1]), torch.from_numpy(cal["state"][:1]))
     assert torch.isfinite(y).all() and torch.isfinite(s).all()
