@@ -95,7 +95,6 @@ class Flaky:
         return y
 
 
-@pytest.mark.parametrize("fault", ["nan", "raise"])
 def memory_reach_s(bundle) -> float:
     """How far back the model's attention memory reaches: after a state reset, its output is the
     uninterrupted one again once that much audio has passed."""
@@ -104,6 +103,7 @@ def memory_reach_s(bundle) -> float:
     return max(d * m for d, m in levels) * c["hop"] / c["sample_rate"]
 
 
+@pytest.mark.parametrize("fault", ["nan", "raise"])
 def test_a_model_fault_falls_back_to_dry_without_a_burst_and_recovers(bundle, fault):
     x = loud_sine(600 * 64 / 48000 + memory_reach_s(bundle) + 2.0)  # the fault, the memory's reach, then a second to compare
     n_hops = len(x) // 64
