@@ -39,7 +39,6 @@ class TrainConfig:
     lookback_s: float = -1.0  # context only, not scored; -1: 0.5 s, or what the delays found need
     esr_floor_db: float = -50.0  # a chunk's target counts as at least this RMS level (dBFS) in its ESR: a
     #                              near-silent chunk (a drive's high-pass on a bass note) cannot rule the batch
-    esr_per_chunk: bool = True  # mean of per-chunk ESRs; False: the batch's error energy over its target energy
     delay_weight: float = 1.0  # teaching the delay line each pair's measured delay (see training/parts.py)
     tail_s: float = 0.5  # scored
     lr: float = 3e-3
@@ -56,12 +55,6 @@ def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.
     """Error-to-signal ratio per item (B,), the modelling error measure of NAM and the literature.
     ``floor`` (an RMS level, -80 dBFS) keeps near-silent chunks from dominating a batch."""
     return ((pred - target) ** 2).sum(-1) / ((target ** 2).sum(-1) + target.shape[-1] * floor ** 2)
-
-
-def pooled_esr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The batch's error energy over its target energy: every sample counts alike, so a chunk whose
-    target is nearly silent (a drive's high-pass on a bass note) cannot dominate the batch."""
-    return ((pred - target) ** 2).sum() / ((target ** 2).sum() + 1e-8)
 
 
 def choose_parts(cfg: TrainConfig, train_set: PairSet, log=print) -> Parts:
@@ -129,7 +122,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             delay_pos[i] = model.delay_to_position(lag)
         model.teach_delay = bool(np.isfinite(delay_pos).any())
     vx, vy, vk = val_set.fixed_chunks(look + tail, cfg.val_chunks)
-    dry_val = float(((vx[:, look:] - vy[:, look:]) ** 2).sum() / max(float((vy[:, look:] ** 2).sum()), 1e-12))
+    dry_val = float(((vx[:, look:] - vy[:, look:]) ** 2).sum() / max(float((vy[:, look:] ** 2).sum()), 1e-12))  # as validated
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stft_loss = None
     if cfg.stft_weight > 0:
@@ -160,13 +153,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
         xs, ys, ks, idx = train_set.batch(rng, cfg.batch, look + tail, with_index=True)
         x, y, k = torch.from_numpy(xs), torch.from_numpy(ys), torch.from_numpy(ks)
         pred = model(x, k)[:, look:]
-        loss = (esr(pred, y[:, look:], 10 ** (cfg.esr_floor_db / 20)).mean() if cfg.esr_per_chunk
-                else pooled_esr(pred, y[:, look:]))
+        loss = esr(pred, y[:, look:], 10 ** (cfg.esr_floor_db / 20)).mean()
         taught = torch.from_numpy(delay_pos[idx])
         seen = ~torch.isnan(taught)
         if cfg.arch == "pi" and mcfg.delay_lines and seen.any():
             # the first line learns each pair's measured delay (before the clamp to 0..1: no dead zone)
-            pos = model.delay_from_knobs(k[seen])[:, 0] + 0.5
+            pos = model.delay_from_knobs(k[seen])[:, 0]
             loss = loss + cfg.delay_weight * ((pos - taught[seen]) ** 2).mean()
         if stft_loss is not None:
             loss = loss + cfg.stft_weight * stft_loss(pred[:, None], y[:, None, look:])
