@@ -163,7 +163,10 @@ def write_knob_file(path: Path, positions) -> None:
 
 
 def write_config(path: Path, bundle: Path, knob_file: Path, sock: Path, specs, period: int = 128,
-                 periods: int = 2, log_level: str = "info") -> Path:
+                 periods: int = 2, log_level: str = "info", precision: str = "float32") -> Path:
+    """A daemon config on the JACK rig. The precision is pinned (float32 by default): the bundle's
+    default is chosen by timing on the converting machine, and the tests that compare outputs
+    sample for sample need the same model on every machine."""
     pots = "".join(f"\n[[knobs.pot]]\nknob = \"{s.name}\"\nchannel = {i}\n" for i, s in enumerate(specs))
     path.write_text(f"""
 [audio]
@@ -178,6 +181,7 @@ playback_channels = 2
 
 [model]
 bundle = "{Path(bundle).resolve()}"
+precision = "{precision}"
 
 [knobs]
 source = "file"

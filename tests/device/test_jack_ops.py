@@ -29,7 +29,7 @@ def fresh_model_steps(bundle_path, setting, x) -> float:
     worst = 0.0
     for phase in range(0, CYCLE, CYCLE // 8):
         seg = np.roll(x, -phase)[:int(0.15 * SR) // 64 * 64]
-        y = Engine(bundle).render(seg, np.tile(row, (len(seg) // 64, 1)))
+        y = Engine(bundle, precision="float32").render(seg, np.tile(row, (len(seg) // 64, 1)))
         worst = max(worst, max_step(y))
     return worst
 
