@@ -36,9 +36,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+DELAY_KNOTS = 16  # the delay map's spline knots per knob (every 1/16 of the knob's travel)
 
 
 @dataclass
@@ -245,6 +248,16 @@ def steered_fir(past, c, c_prev, ramp):
     return before + (now - before) * ramp
 
 
+def tree_sum(v):
+    """(..., L) -> (..., 1): the last axis summed in pairwise halves, in the same order of additions
+    whatever the leading shape (a batch of frames offline, one frame streaming)."""
+    while v.shape[-1] > 1:
+        h = v.shape[-1] // 2
+        pair = v[..., :h] + v[..., h:2 * h]
+        v = torch.cat([pair, v[..., 2 * h:]], dim=-1) if v.shape[-1] % 2 else pair
+    return v
+
+
 def read_delayed(buf, now, d):
     """buf (..., L) at fractional delays d (..., P) before the indices ``now`` (P,), linearly
     interpolated. The integer part of d is subtracted as an integer and the fraction comes from d
@@ -293,11 +306,20 @@ class SignalTrainPi(nn.Module):
             self.register_buffer("shaper_identity", ident, persistent=False)
         self.delay_head = None
         if cfg.delay_lines:
-            # a delay time is a setting: it comes from the knobs alone. Steered by the attention
-            # stream, float32 noise of the trunk (1e-6) moves a 10,000-sample delay by 1e-2 samples,
-            # and the streaming and offline forms would differ by that times the signal's slope.
-            self.delay_knobs = nn.Sequential(nn.Linear(cfg.n_knobs, 16), nn.ReLU(), nn.Linear(16, cfg.delay_lines))
-            self.delay_head = nn.Linear(d, 2 * cfg.delay_lines)  # per line: feedback, wet level
+            # A delay time is a setting: it comes from the knobs alone (steered by the attention
+            # stream, float32 noise of the trunk, 1e-6, would move a 10,000-sample delay by 1e-2
+            # samples). It is fitted, not learned (fit_delay_map): the audio loss's gradient with
+            # respect to a delay is the signal's slope, random in sign a sample away from the right
+            # one. The map: per knob a cubic spline (u, u^2 and truncated cubes at knots every
+            # 1/DELAY_KNOTS), summed over the knobs; each weight is stored as a float16 part plus a
+            # float16 remainder, so that a float16 bundle keeps the delays to a fraction of a sample.
+            n_basis = cfg.n_knobs * (2 + DELAY_KNOTS)
+            self.register_buffer("delay_w_hi", torch.zeros(cfg.delay_lines, n_basis))
+            self.register_buffer("delay_w_lo", torch.zeros(cfg.delay_lines, n_basis))
+            self.register_buffer("delay_b", torch.tensor([[0.5, 0.0]]).repeat(cfg.delay_lines, 1))  # hi, lo
+            self.register_buffer("delay_knots", torch.arange(DELAY_KNOTS).float().view(1, -1) / DELAY_KNOTS,
+                                 persistent=False)
+            self.delay_head = nn.Linear(d + cfg.n_knobs, 2 * cfg.delay_lines)  # per line: feedback, wet level
         for lin in (self.gain_head, self.fir_head, getattr(self, "shaper_head", None), self.delay_head, self.film[-1]):
             if lin is None:
                 continue
@@ -337,31 +359,72 @@ class SignalTrainPi(nn.Module):
             out["shaper"] = torch.cat([m * torch.tanh(z[..., :1] / m), 2.0 * torch.tanh(z[..., 1:1 + J]),
                                        cfg.fir_scale * z[..., 1 + J:] + self.shaper_identity], dim=-1)
         if self.delay_head is not None:
-            z = self.delay_head(h)
+            z = self.delay_head(hk)
             n = cfg.delay_lines
             pos = torch.clamp(self.delay_from_knobs(knobs), 0.0, 1.0)
             out["delay"] = torch.cat([pos, 0.98 * torch.tanh(z[..., :n]), z[..., n:]], dim=-1)
         return out
 
+    def delay_basis(self, knobs):
+        """knobs (..., K) -> (..., K * (2 + DELAY_KNOTS)): per knob u, u^2, relu(u - t)^3 at each knot t."""
+        cols = []
+        for i in range(knobs.shape[-1]):
+            u = knobs[..., i:i + 1]
+            r = F.relu(u - self.delay_knots)
+            cols += [u, u * u, r * r * r]
+        return torch.cat(cols, dim=-1)
+
     def delay_from_knobs(self, knobs):
         """knobs (..., K) -> (..., lines): each line's position in its delay range (0..1 once
-        clamped; 0.5 at the start), from a small knob MLP written as a
-        fixed sequence of elementwise multiply-adds, so that a batch of frames and a single frame
-        round alike (a matmul's or a sum's order of additions depends on the tensor's shape, and
-        one ulp of a 10,000-sample delay moves the output by 1e-3 samples' worth of slope), and
-        only exactly rounded operations (no exp, tanh or sigmoid, whose vector and scalar code
-        paths differ in the last bit)."""
-        l1, l2 = self.delay_knobs[0], self.delay_knobs[2]
-        h = l1.bias
-        for i in range(knobs.shape[-1]):
-            h = h + knobs[..., i:i + 1] * l1.weight[:, i]
-        h = F.relu(h)
-        out = l2.bias
-        for j in range(h.shape[-1]):
-            out = out + h[..., j:j + 1] * l2.weight[:, j]
-        # the centre added last: folded into the bias, 0.5 + b would be stored in a float16 bundle
-        # with 5e-4 resolution, moving a 28,000-sample line by samples (float16 SNR 53 dB vs 62)
-        return out + 0.5
+        clamped). Elementwise products and a pairwise sum (tree_sum) only, so that a batch of
+        frames and a single frame round alike (a matmul's order of additions depends on the
+        tensor's shape, and one ulp of a 10,000-sample delay moves the output by 1e-3 samples'
+        worth of slope), and only exactly rounded operations (no exp or tanh, whose vector and
+        scalar code paths differ in the last bit). The high and low parts are summed apart: a
+        converter that folded ``b * hi + b * lo`` into ``b * (hi + lo)`` would round the sum to
+        float16 in a float16 bundle."""
+        b = self.delay_basis(knobs)
+        out = []
+        for i in range(self.cfg.delay_lines):
+            hi = tree_sum(b * self.delay_w_hi[i:i + 1]) + self.delay_b[i:i + 1, :1]
+            lo = tree_sum(b * self.delay_w_lo[i:i + 1]) + self.delay_b[i:i + 1, 1:]
+            out.append(hi + lo)
+        return torch.cat(out, dim=-1)
+
+    @torch.no_grad()
+    def fit_delay_map(self, knobs, delays, line: int = 0, ridge: float = 1e-9, outlier_samples: float = 8.0) -> dict:
+        """Least squares: the line's delay at each pair's knobs (N, K), in 0..1) equals the pair's
+        measured delay (N,) in samples. A small ridge keeps the spline's weights from cancelling
+        each other (float32 evaluates them). A pair the fit misses by more than ``outlier_samples``
+        (and 5x the median miss) is left out and the fit repeated: a measurement that caught the
+        wrong peak must not bend the map for every other setting. -> the fit's errors in samples
+        on the pairs it kept, as the model computes it, and the pairs it left out."""
+        cfg = self.cfg
+        knobs = np.asarray(knobs, np.float64)
+        delays = np.asarray(delays, np.float64)
+        span = float(cfg.delay_max - cfg.delay_min)
+        a = self.delay_basis(torch.from_numpy(knobs)).numpy()  # (N, L)
+        a1 = np.hstack([a, np.ones((len(a), 1))])
+        target = (delays - cfg.delay_min) / span
+        keep = np.ones(len(a), bool)
+        for _ in range(4):
+            pen = ridge * np.trace(a[keep].T @ a[keep]) / a.shape[1] * np.eye(a1.shape[1])
+            pen[-1, -1] = 0.0  # the constant is free
+            sol = np.linalg.solve(a1[keep].T @ a1[keep] + pen, a1[keep].T @ target[keep])
+            miss = np.abs(a1 @ sol - target) * span
+            now = miss <= max(outlier_samples, 5.0 * float(np.median(miss[keep])))
+            if (now == keep).all():
+                break
+            keep = now
+        hi = sol.astype(np.float16).astype(np.float64)
+        lo = (sol - hi).astype(np.float16).astype(np.float64)
+        self.delay_w_hi[line] = torch.from_numpy(hi[:-1]).float()
+        self.delay_w_lo[line] = torch.from_numpy(lo[:-1]).float()
+        self.delay_b[line] = torch.tensor([hi[-1], lo[-1]]).float()
+        got = self.delay_positions(torch.clamp(self.delay_from_knobs(torch.from_numpy(knobs).float())[:, line], 0, 1))
+        err = (got.double().numpy() - delays)[keep]
+        return {"pairs": int(keep.sum()), "left_out": np.flatnonzero(~keep).tolist(),
+                "rms_samples": float(np.sqrt(np.mean(err ** 2))), "max_samples": float(np.abs(err).max())}
 
     def waveshape(self, u, beta):
         """u (..., H), beta (..., H, J) -> (..., H): sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)].
@@ -373,23 +436,11 @@ class SignalTrainPi(nn.Module):
         return ((torch.tanh(u[..., None] * a + beta) - torch.tanh(beta)) * self.shaper_weight.view(1, -1)).sum(-1)
 
     def delay_positions(self, pos01):
-        """Position in the delay range 0..1 -> delay in samples, delay_min..delay_max; quadratic:
-        finer steps at short delays (multiplications only: see delay_from_knobs)."""
+        """Position in the delay range 0..1 -> delay in samples, delay_min..delay_max."""
         cfg = self.cfg
-        return cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (pos01 * pos01)
-
-    def delay_to_position(self, samples):
-        """The inverse of delay_positions (numpy or float), for teaching a line its delay."""
-        cfg = self.cfg
-        frac = (min(max(float(samples), cfg.delay_min), cfg.delay_max) - cfg.delay_min) / (cfg.delay_max - cfg.delay_min)
-        return frac ** 0.5
+        return cfg.delay_min + (cfg.delay_max - cfg.delay_min) * pos01
 
     # --- offline (training) form ------------------------------------------------------------------
-    # set by the training loop when the data measured each pair's delay: the delay times then
-    # learn from those (training/parts.py), not from the audio loss, whose gradient with respect
-    # to a delay is the signal's slope: random in sign a sample away from the right delay
-    teach_delay = False
-
     def forward(self, x: torch.Tensor, knobs: torch.Tensor) -> torch.Tensor:
         """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1."""
         cfg = self.cfg
@@ -404,9 +455,6 @@ class SignalTrainPi(nn.Module):
         for i, blk in enumerate(self.blocks):
             h = blk(h, film[:, :, 2 + 4 * i: 6 + 4 * i])
         hd = self.heads(h, knobs)
-        if self.teach_delay and "delay" in hd:
-            n = cfg.delay_lines
-            hd["delay"] = torch.cat([hd["delay"][..., :n].detach(), hd["delay"][..., n:]], dim=-1)
         # per-sample values where the path needs them sample by sample (the filters ramp their outputs instead)
         per_sample = {"gain": hd["gain"]}
         if "shaper" in hd:
@@ -439,30 +487,59 @@ class SignalTrainPi(nn.Module):
         return y.reshape(B, N)
 
     def _delay_offline(self, x, r):
-        """x (B, N); r (B, N, 3 * lines) per-sample (position, feedback, wet) -> wet sum (B, T, H).
-        Every line reads at least delay_min > block samples back, so a block of ``block`` samples
-        depends only on blocks before it: the recursion runs block by block, not sample by sample."""
+        """x (B, N); r (B, N, 3 * lines) per-sample (position, feedback, wet) -> wet sum (B, T, H)."""
         cfg = self.cfg
         B, N = x.shape
-        n, P = cfg.delay_lines, cfg.delay_block
-        d = self.delay_positions(r[..., :n])  # (B, N, n) samples
-        fb, wet = r[..., n:2 * n], r[..., 2 * n:]
-        W = -(-(cfg.delay_max + 1) // P) + 1  # blocks of history a read can reach
-        nblk = -(-N // P)
-        pad = nblk * P - N
-        xb = F.pad(x, (0, pad)).view(B, 1, nblk, P).expand(B, n, nblk, P)
-        d = F.pad(d.transpose(1, 2), (0, pad), value=float(cfg.delay_min)).view(B, n, nblk, P)
-        fb = F.pad(fb.transpose(1, 2), (0, pad)).view(B, n, nblk, P)
-        hist = [x.new_zeros(B, n, P)] * W
-        now = W * P + torch.arange(P, device=x.device)  # each sample's own index in the window
-        reads = []
-        for k in range(nblk):
-            window = torch.cat(hist[-W:], dim=-1)  # (B, n, W*P): b of the last W blocks
-            rd = read_delayed(window, now, d[:, :, k])
-            hist.append(xb[:, :, k] + fb[:, :, k] * rd)
-            reads.append(rd)
-        rd = torch.stack(reads, 2).reshape(B, n, nblk * P)[:, :, :N].transpose(1, 2)  # (B, N, n)
-        return (wet * rd).sum(-1).view(B, N // cfg.hop, cfg.hop)
+        n = cfg.delay_lines
+        d = self.delay_positions(r[..., :n]).transpose(1, 2)  # (B, n, N) samples
+        fb, wet = r[..., n:2 * n].transpose(1, 2), r[..., 2 * n:].transpose(1, 2)
+        rd = DelayRecursion.apply(x[:, None].expand(B, n, N), d.detach(), fb, cfg.delay_block, cfg.delay_max + 2)
+        return (wet * rd).sum(1).view(B, N // cfg.hop, cfg.hop)
+
+
+class DelayRecursion(torch.autograd.Function):
+    """The delay lines offline: rd[t] = b[t - d[t]] (linearly interpolated, read_delayed), with
+    b[t] = x[t] + fb[t] rd[t] and b = 0 before the chunk. Every read reaches at least delay_min >
+    ``block`` samples back, so a block of samples depends only on the blocks before it: the
+    recursion runs block by block in a preallocated history (forward), and its adjoint block by
+    block in reverse (backward), instead of autograd recording a window of the history per block
+    (4x slower, most of a step's time for an echo). Gradients: x and fb; the delays come from the
+    fitted map, not from the loss (d gets none)."""
+
+    @staticmethod
+    def forward(ctx, x, d, fb, block: int, lead: int):  # x, d, fb (B, n, N); lead > the longest delay
+        B, n, N = x.shape
+        hist = x.new_zeros(B, n, lead + N)  # b, after ``lead`` samples of silence
+        whole = torch.floor(d)
+        frac = d - whole
+        idx = lead + torch.arange(N, device=x.device) - whole.long()  # b[t - floor(d)] in hist
+        rd = torch.empty_like(x)
+        for s in range(0, N, block):
+            e = min(s + block, N)
+            i, f = idx[..., s:e], frac[..., s:e]
+            rd[..., s:e] = torch.gather(hist, -1, i) * (1 - f) + torch.gather(hist, -1, i - 1) * f
+            hist[..., lead + s:lead + e] = x[..., s:e] + fb[..., s:e] * rd[..., s:e]
+        ctx.save_for_backward(fb, rd, idx, frac)
+        ctx.block, ctx.lead = block, lead
+        return rd
+
+    @staticmethod
+    def backward(ctx, g_rd):
+        fb, rd, idx, frac = ctx.saved_tensors
+        block, lead = ctx.block, ctx.lead
+        B, n, N = rd.shape
+        g_hist = rd.new_zeros(B, n, lead + N)  # dL/db, filled by the reads of later blocks
+        g_x, g_fb = torch.empty_like(rd), torch.empty_like(rd)
+        for s in reversed(range(0, N, block)):
+            e = min(s + block, N)
+            g_b = g_hist[..., lead + s:lead + e]  # complete: only later blocks read this one
+            g_x[..., s:e] = g_b
+            g_fb[..., s:e] = g_b * rd[..., s:e]
+            g_r = g_rd[..., s:e] + g_b * fb[..., s:e]
+            i, f = idx[..., s:e], frac[..., s:e]
+            g_hist.scatter_add_(-1, i, g_r * (1 - f))
+            g_hist.scatter_add_(-1, i - 1, g_r * f)
+        return g_x, None, g_fb, None, None
 
 
 class StepModel(nn.Module):

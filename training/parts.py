@@ -7,10 +7,11 @@ what the recorded pairs show, so a user's own compressor, drive or delay gets th
 
 - **delay lines** when the pairs' linear impulse responses (Wiener deconvolution of target by
   input, per pair at its fixed knob setting) hold a clear peak beyond the FIR's reach: an echo,
-  a chorus's delayed voice, drums pushed back on the grid. The per-pair peak lag is also the
-  delay the training loop teaches the delay line (a delay cannot be found by gradient descent
-  from afar: the loss is flat except within a sample of the right one). The range of the lines
-  (``delay_min``, ``delay_max``) spans the peaks found.
+  a chorus's delayed voice, drums pushed back on the grid. The per-pair peak lags (to a
+  fraction of a sample) are what the model's delay map is fitted to, by least squares over the
+  pairs' knob settings (``SignalTrainPi.fit_delay_map``): a delay cannot be found by gradient
+  descent from afar (the loss is flat except within a sample of the right one). The range of the
+  lines (``delay_min``, ``delay_max``) spans the peaks found.
 - **the nonlinear path (shaper)** when, within short frames, a linear filter of the input leaves
   much of the target unexplained (new harmonics: drive, fuzz, amps), after removing the
   long-lag part of the impulse response (so an echo does not count as nonlinear).
@@ -47,7 +48,7 @@ class PairMeasures:
     gain_residual: float  # per-frame single-gain fit: residual energy / target energy
     local_residual: float  # per-frame 32-tap fit of the target minus its long-lag part
     far_peak: float  # largest |IR| beyond the FIR's reach, relative to the largest |IR|
-    far_lag: int  # its lag in samples
+    far_lag: float  # its lag in samples
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Parts:
     delay_max: int
     lookback_s: float | None  # a longer look-back the delays need (None: the default)
     measures: dict = field(default_factory=dict)
-    pair_delays: dict = field(default_factory=dict)  # pair index -> delay in samples (training pairs)
+    pair_delays: dict = field(default_factory=dict)  # pair index -> measured delay in samples (training pairs)
 
     def model_overrides(self) -> dict:
         return {"fir_taps": self.fir_taps, "shaper_units": self.shaper_units, "delay_lines": self.delay_lines,
@@ -85,16 +86,21 @@ def impulse_response(x: np.ndarray, y: np.ndarray, max_lag: int) -> np.ndarray:
     return h[:max_lag]
 
 
-def far_peak(h: np.ndarray, near: int) -> tuple[int, float]:
+def far_peak(h: np.ndarray, near: int) -> tuple[float, float]:
     """The largest tap beyond ``near`` -> (lag, its size relative to the IR's largest tap); 0 unless
-    it stands out of the far taps' floor (a time-varying effect smears a noisy floor over every lag)."""
+    it stands out of the far taps' floor (a time-varying effect smears a noisy floor over every lag).
+    The lag is to a fraction of a sample: the centroid of the peak and its two neighbours (a delay
+    between samples spreads over the two taps it falls between, as linear interpolation does)."""
     far = np.abs(h[near:])
     if not len(far):
-        return 0, 0.0
+        return 0.0, 0.0
     top = float(far.max())
     if top < THRESHOLDS["delay_floor"] * float(np.median(far)):
-        return 0, 0.0
-    return int(near + far.argmax()), top / (float(np.abs(h).max()) + 1e-12)
+        return 0.0, 0.0
+    i = int(far.argmax())
+    around = far[max(i - 1, 0): i + 2]
+    lag = near + max(i - 1, 0) + float(np.arange(len(around)) @ around) / float(around.sum())
+    return lag, top / (float(np.abs(h).max()) + 1e-12)
 
 
 def measure_pair(x: np.ndarray, y: np.ndarray, max_lag: int, near: int) -> PairMeasures:
@@ -144,13 +150,14 @@ def choose_parts(pairs_xy, sample_rate: int, hop: int = 64, max_delay_s: float =
     if share >= THRESHOLDS["delay_pairs"]:
         lags = np.array(sorted(delayed.values()))
         lines = 1
-        # the shortest delay found, halved, but more than a hop (the streaming step reads the past
-        # only); the longest, with a quarter to spare for settings between the recorded ones
-        dmin = float16_exact(int(max(hop + 1, min(lags.min() // 2, 4096))))
+        # the shortest delay found less a quarter, but more than a hop (the streaming step reads the
+        # past only; the offline form recurses in blocks of delay_min - 1 samples: the longer, the
+        # faster); the longest, with a quarter to spare for settings between the recorded ones
+        dmin = float16_exact(int(max(hop + 1, min(0.75 * lags.min(), 4096))))
         span = int(max(hop, min(1.25 * lags.max(), max_delay_s * sample_rate) - dmin))
         dmax = dmin + float16_exact(span + (1 << max(0, span.bit_length() - 11)))  # exact in a float16 bundle
         lookback = float(min(1.5, max(0.5, 2.0 * dmax / sample_rate)))  # two repeats of the longest echo
-        measures["delay_lags"] = [int(lags.min()), int(np.median(lags)), int(lags.max())]
+        measures["delay_lags"] = [round(float(v), 1) for v in (lags.min(), np.median(lags), lags.max())]
     parts = Parts(fir, shaper, lines, dmin, dmax, lookback, measures, delayed if lines else {})
     if log:
         log(parts.summary())
@@ -177,6 +184,19 @@ def parts_for(train_set, max_pairs: int = 48, seed: int = 0, hop: int = 64, log=
             if peak >= THRESHOLDS["delay_peak"]:
                 parts.pair_delays[i] = lag
     return parts
+
+
+def fit_delays(model, parts: Parts, pair_knobs: np.ndarray, log=print) -> dict:
+    """Fit the model's delay map (its first line) to the pairs' measured delays, at their knob
+    settings (``pair_knobs``: every training pair's knobs in 0..1, indexed like ``pair_delays``)."""
+    idx = sorted(parts.pair_delays)
+    fit = model.fit_delay_map(pair_knobs[idx], [parts.pair_delays[i] for i in idx])
+    fit["left_out"] = [idx[j] for j in fit["left_out"]]
+    parts.measures["delay_fit"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in fit.items()}
+    log(f"delay map fitted to {fit['pairs']} measured delays: rms error {fit['rms_samples']:.2f} samples, largest "
+        f"{fit['max_samples']:.2f}" + (f"; left out pairs {fit['left_out']}: the fit misses their measured delay "
+                                       f"by far (a wrong peak?)" if fit["left_out"] else ""))
+    return fit
 
 
 def main(argv=None):

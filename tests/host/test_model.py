@@ -1,6 +1,7 @@
 """The model: its streaming form is the offline form, hop by hop, at low latency."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,9 @@ def randomised(cfg, seed=0):
     with torch.no_grad():  # the heads start near zero; shake every weight so all paths matter
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    for line in range(cfg.delay_lines):  # delays that move with every knob, across the lines' range
+        k = torch.rand(64, cfg.n_knobs, dtype=torch.float64).numpy()
+        m.fit_delay_map(k, cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (0.1 + 0.8 * k.mean(1) ** (line + 1)), line)
     return m
 
 
@@ -105,6 +109,38 @@ def test_a_click_measures_the_declared_latency(hop):
             assert first <= pos  # it is heard no later than it arrives
             worst = max(worst, pos - first + 1)
     assert worst == cfg.latency_samples == hop <= 128
+
+
+def test_the_delay_map_fits_measured_delays_to_a_fraction_of_a_sample():
+    """An echo's delay knob with a log taper (20..500 ms): the fitted map holds the delay at
+    settings between the measured ones to well under a sample; a wrong measurement (a peak caught at
+    the wrong lag) is left out, not averaged in."""
+    cfg = ModelConfig(n_knobs=3, delay_lines=1, delay_min=720, delay_max=720 + 28672)
+    m = SignalTrainPi(cfg)
+    rng = np.random.default_rng(0)
+    k = rng.random((200, 3))
+    true = lambda k: np.floor(960.0 * 25.0 ** k[:, 0])  # noqa: E731 (the effect's own map, whole samples)
+    measured = true(k)
+    measured[7] = 64.5  # a wrong peak
+    fit = m.fit_delay_map(k, measured)
+    assert fit["left_out"] == [7] and fit["rms_samples"] < 0.5
+    held_out = rng.random((50, 3))
+    with torch.no_grad():
+        got = m.delay_positions(torch.clamp(m.delay_from_knobs(torch.from_numpy(held_out).float())[:, 0], 0, 1))
+    err = np.abs(got.double().numpy() - true(held_out))
+    assert err.max() < 1.0 and np.median(err) < 0.3, (err.max(), np.median(err))
+
+
+def test_the_delay_recursion_has_the_gradient_of_its_own_arithmetic():
+    """DelayRecursion's hand-written backward equals the numerical gradient (float64), for the
+    input and the feedback, with delays that vary per sample and fall between samples."""
+    from training.model import DelayRecursion
+    g = torch.Generator().manual_seed(0)
+    B, n, N, block, lead = 2, 2, 90, 6, 30
+    x = torch.randn(B, n, N, dtype=torch.float64, generator=g, requires_grad=True)
+    d = 7 + 20 * torch.rand(B, n, N, dtype=torch.float64, generator=g)
+    fb = (0.9 * torch.rand(B, n, N, dtype=torch.float64, generator=g) - 0.45).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, fb: DelayRecursion.apply(x, d, fb, block, lead), (x, fb))
 
 
 def test_tiers_have_growing_size_and_cost():
