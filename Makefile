@@ -166,6 +166,15 @@ BENCH_SEEDS ?= 0
 bench-effects: .venv-host/.stamp
 	$(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive echo
 
+# held-out ESR against the number of captured knob settings (8, 16, 32, 64) for comp4 and drive, Latin
+# hypercube against random draws: captures made offline through device/capture's signal, checks and
+# writer, BENCH_MINUTES of training each (16 models: about an hour at 3 minutes; docs/capture.md).
+# A smoke run: make bench-capture BENCH_MINUTES=0.2 CAPTURE_ARGS="--effects drive --settings 8 --seconds 20 --test-settings 4"
+.PHONY: bench-capture
+CAPTURE_ARGS ?=
+bench-capture: .venv-host/.stamp
+	$(HOST) -m training.bench_capture --minutes $(BENCH_MINUTES) $(CAPTURE_ARGS)
+
 # attention vs no attention, same data and budget each (2 x MINUTES of training)
 bench-train: .venv-host/.stamp $(DATA)/dataset.json
 	$(HOST) -m training.bench_train --data $(DATA) --minutes $(MINUTES)

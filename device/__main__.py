@@ -13,6 +13,13 @@
                                        what a running daemon is doing; or tell it what to do
   knobs --config C [--calibrate [--write]]
                                        live pot readings; calibrate each pot's end stops
+  capture --out DIR --knob NAME=MIN..MAX ... [--config C]
+  install BUNDLE... [--config C | --dir D]  [--name NAME -  (the bundle on stdin)]
+                                       verify, then copy into model.bundles_dir so that a power cut
+                                       or a dropped connection leaves the old file or the new one
+                                       model your own pedal: play the capture signal through it at
+                                       each knob setting of a plan, check every pass, write a dataset
+  capture-signal --out SIGNAL.wav      the capture signal, to listen to
 """
 from __future__ import annotations
 
@@ -75,7 +82,8 @@ def cmd_run(a) -> int:
     import signal
 
     from .audio import AlsaDuplex
-    from .daemon import AutomationKnobs, Daemon, LiveKnobs, PassThrough, helpers_priority, setup_realtime, warm_up
+    from .daemon import (AutomationKnobs, Daemon, LiveKnobs, PassThrough, helpers_priority, remember_good, setup_realtime,
+                         start_bundle, warm_up)
     from .engine import Engine
     log = logging.getLogger("pedal")
     # The audio thread needs the GIL once a period; a busy helper (a bundle loading) holds it for up
@@ -93,6 +101,7 @@ def cmd_run(a) -> int:
         bundles = sorted(Path(cfg.model.bundles_dir).glob("*.pedal")) if cfg.model.bundles_dir else []
         watchdog = cfg.watchdog.enabled
 
+        last_good = cfg.model.last_good
         def reload_path():  # SIGHUP: the bundle the config names now (it may have been edited)
             return load_config(a.config).model.bundle
     else:
@@ -101,12 +110,16 @@ def cmd_run(a) -> int:
         rt, crossfade_ms, status_socket, bundles = (a.priority, not a.no_mlock, a.cpu), 10.0, a.status_socket, []
         watchdog = True
 
+        last_good = a.last_good
         def reload_path():
             return Path(a.bundle)
     # Started real-time (systemd, chrt)? Only the audio thread keeps that priority; the helpers,
     # all started from this thread, get the one helpers_priority sets here.
     inherited_priority, helper_sched = helpers_priority(rt[0])
-    bundle = None if a.passthrough else load_bundle(bundle_path)
+    # The configured bundle, or the last good copy when it is partial or bad (said below, and in status)
+    bundle, refused = (None, None) if a.passthrough else start_bundle(bundle_path, last_good)
+    if refused:
+        log.error("%s", refused)
     m = bundle.manifest if bundle is not None else None
     rate = au.sample_rate if cfg is not None else (m.sample_rate if m is not None else a.rate)
     if m is not None and rate != m.sample_rate:
@@ -145,14 +158,22 @@ def cmd_run(a) -> int:
         led.show("on")
     daemon = Daemon(engine, duplex, knobs, status_socket, bundles, engine_kwargs, led, poller=poller,
                     stats_periods=n_periods + 64 if (a.stats and n_periods) else 1 << 16, reload_path=reload_path,
-                    watchdog=watchdog, fade_ms=crossfade_ms)
+                    watchdog=watchdog, fade_ms=crossfade_ms, last_good=last_good)
+    if refused:
+        daemon._refused(refused, bundle_path)  # status: last load REFUSED, the message; LED blinks
+    elif bundle is not None:
+        try:
+            if remember_good(bundle, last_good):
+                log.info("bundle %s kept as the last good bundle (%s)", bundle_path, last_good)
+        except (OSError, BundleError) as e:
+            log.warning("no last good copy of %s: %s", bundle_path, e)
     if cfg is not None and cfg.footswitch.enabled:
         from .switches import Footswitch
         footswitch = Footswitch(cfg.footswitch.gpio, on_short=daemon.toggle_bypass, on_long=daemon.next_bundle,
                                 long_press_s=cfg.footswitch.long_press_s)
     if m is not None:
         log.info("bundle %s: %s, hop %d, round trip %.2f ms (%d frames: ALSA %d x %d, model %d samples within "
-                 "its hop)", bundle_path, m.effect, m.hop, 1000 * daemon.latency_frames() / duplex.rate,
+                 "its hop)", bundle.source, m.effect, m.hop, 1000 * daemon.latency_frames() / duplex.rate,
                  daemon.latency_frames(), duplex.periods, duplex.period, m.latency_samples)
     else:
         log.info("pass-through (no model): round trip %.2f ms", 1000 * daemon.latency_frames() / duplex.rate)
@@ -303,6 +324,36 @@ def cmd_knobs(a) -> int:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m device", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cmd_install(a) -> int:
+    import shutil
+    from .atomic import atomic_path
+    if a.dir:
+        dest_dir = Path(a.dir)
+    else:
+        from .config import load_config
+        cfg = load_config(a.config)
+        dest_dir = cfg.model.bundles_dir or Path(cfg.model.bundle).parent
+    for src in a.bundles:
+        name = a.name if src == "-" else Path(src).name
+        if not name or not name.endswith(".pedal") or "/" in name:
+            raise ValueError(f"install: {name or 'a bundle on stdin'}: give a .pedal file name (--name NAME.pedal with -)")
+        if src != "-" and not Path(src).is_file():
+            raise ValueError(f"install: {src}: not a .pedal archive file")
+        dest = dest_dir / name
+        # Written beside the target and checked there; only a whole, verified bundle replaces it.
+        with atomic_path(dest, mode=0o664) as tmp:
+            if src == "-":
+                with open(tmp, "wb", buffering=0) as f:
+                    while chunk := sys.stdin.buffer.read1(1 << 16):  # what arrives, as it arrives
+                        f.write(chunk)
+            else:
+                shutil.copyfile(src, tmp)
+            bundle = load_bundle(tmp)
+            shutil.rmtree(bundle.root, ignore_errors=True)
+        print(f"install: {dest}: {bundle.manifest.effect}, {len(bundle.manifest.files)} files verified (SHA-256)")
+    return 0
+
+
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("inspect", help="print a bundle's card")
@@ -344,6 +395,8 @@ def main(argv=None) -> int:
                    help="fraction of a hop's duration its compute may take before counting as an overrun (0: off)")
     p.add_argument("--stats", default=None,
                    help="at exit, save per-period work times (s) to this .npy; or, to a .npz: work times, arrival "
+    p.add_argument("--last-good", default=None,
+                   help="keep a copy of the bundle here; start from it when --bundle is partial or bad (as model.last_good)")
                         "times, xruns")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("status", help="ask a running daemon, or tell it to bypass / load a bundle")
@@ -363,6 +416,21 @@ def main(argv=None) -> int:
     p.add_argument("--once", action="store_true", help="one reading of every pot, then exit")
     p.add_argument("--seconds", type=float, default=0.0, help="stop after this long (0: until Ctrl-C)")
     p.set_defaults(fn=cmd_knobs)
+    from .capture import session as capture
+    p = sub.add_parser("capture", help="model your own pedal: play the capture signal through it per knob setting")
+    capture.add_arguments(p)
+    p.set_defaults(fn=capture.run)
+    p = sub.add_parser("install", help="verify bundles and copy them onto the box atomically")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help=".pedal files; - reads one from stdin (with --name)")
+    p.add_argument("--config", default="/etc/pedal/pedal.toml", help="install into its model.bundles_dir")
+    p.add_argument("--dir", default=None, help="install into this folder instead")
+    p.add_argument("--name", default=None, help="the file name for a bundle read from stdin")
+    p.set_defaults(fn=cmd_install)
+    p = sub.add_parser("capture-signal", help="write the capture signal to a WAV file (to listen to it)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=capture.signal_command)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if a.cmd == "run" and not (a.config or a.bundle or a.passthrough):

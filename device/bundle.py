@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import atomic_path, fsync_dir
 from .knobspec import KnobSpec
 
 SCHEMA_VERSION = 1
@@ -346,10 +347,19 @@ def _verified(root: Path, path: Path) -> Bundle:
     return Bundle(root=root, manifest=man, source=path)
 
 
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bundle(dest: str | os.PathLike, manifest: Manifest, files: dict[str, Path], archive: bool = True) -> Path:
-    """Write a bundle atomically: files are copied into a temp dir beside ``dest``, checksummed
-    into the manifest, and the dir is renamed into place (never a half-written bundle).
-    With ``archive`` a ``dest.pedal`` tar file is written the same way. Returns the directory."""
+    """Write a bundle atomically and durably: files are copied into a temp dir beside ``dest``,
+    checksummed into the manifest, fsynced, and the dir is renamed into place (never a
+    half-written bundle, even across a power cut). With ``archive`` a ``dest.pedal`` tar file is
+    written the same way (device/atomic.py). Returns the directory."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -360,6 +370,9 @@ def write_bundle(dest: str | os.PathLike, manifest: Manifest, files: dict[str, P
             manifest.files[name] = sha256_file(tmp / name)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
         Manifest.from_dict(json.loads((tmp / MANIFEST).read_text()))  # what we write, we can read
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        fsync_dir(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -368,14 +381,13 @@ def write_bundle(dest: str | os.PathLike, manifest: Manifest, files: dict[str, P
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if archive:
-        arc = dest.with_suffix(ARCHIVE_SUFFIX)
-        tmp_arc = arc.with_name(f".{arc.name}.tmp")
-        with tarfile.open(tmp_arc, "w") as tar:
-            for f in sorted(p.name for p in dest.iterdir()):
-                tar.add(dest / f, arcname=f)
-        os.replace(tmp_arc, arc)
+        with atomic_path(dest.with_suffix(ARCHIVE_SUFFIX), mode=0o644) as tmp_arc:
+            with tarfile.open(tmp_arc, "w") as tar:
+                for f in sorted(p.name for p in dest.iterdir()):
+                    tar.add(dest / f, arcname=f)
     return dest

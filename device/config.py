@@ -156,6 +156,9 @@ class ModelConfig:
     """[model]: which bundle to run."""
     bundle: Path = _key(Path(DEFAULT_BUNDLE), "path", required=True)  # a .pedal archive or a bundle dir
     bundles_dir: Path | None = _key(None, "optpath")  # long press steps through *.pedal here
+    # a copy of the last bundle that loaded, kept by the daemon: it starts from this one when
+    # `bundle` is partial or bad (a copy cut off by a power cut, a broken file); "" = none
+    last_good: Path | None = _key(None, "optpath")
     precision: str = _key("", "str", _one_of(("",) + PRECISIONS))  # "" = the bundle's default
     threads: int = _key(1, "int", _between(1, 8))  # TFLite interpreter threads
 

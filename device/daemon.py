@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import socket
 import threading
 import time
@@ -34,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AlsaDuplex, AlsaError, DeviceLost
-from .bundle import BundleError, load_bundle
+from .atomic import atomic_path
+from .bundle import Bundle, BundleError, load_bundle
 from .engine import Engine
 
 log = logging.getLogger("pedal")
@@ -176,7 +178,7 @@ class Daemon:
     def __init__(self, engine: Engine, duplex: AlsaDuplex, knobs, status_socket: Path | None = None,
                  bundles: list[Path] | None = None, engine_kwargs: dict | None = None, led=None, poller=None,
                  stats_periods: int = 1 << 16, reload_path=None, watchdog: bool = True, fade_ms: float = 10.0,
-                 max_backoff_s: float = 2.0):
+                 max_backoff_s: float = 2.0, last_good=None):
         if duplex.period % engine.hop:
             raise AlsaError(f"period {duplex.period} frames is not a multiple of the model's hop {engine.hop}")
         self.engine, self.duplex, self.knobs = engine, duplex, knobs
@@ -194,6 +196,51 @@ class Daemon:
         # After the card comes back, the output fades in from silence (the input restarts mid-waveform).
         fade_n = max(1, int(fade_ms * duplex.rate / 1000))
         self.fade_periods = -(-fade_n // P)
+def start_bundle(path, last_good=None) -> tuple[Bundle, str | None]:
+    """The bundle the daemon starts with: the configured ``path``, or, when that one is partial or
+    bad (a copy cut off by a power cut, a broken file), the last good copy at ``last_good``.
+    -> (bundle, None), or (the last good bundle, why the configured one was refused). Raises
+    BundleError when neither loads."""
+    try:
+        return load_bundle(path), None
+    except BundleError as e:
+        if not last_good or not Path(last_good).is_file():
+            raise
+        try:
+            bundle = load_bundle(last_good)
+        except BundleError as e2:
+            raise BundleError(f"{e}; the last good copy is refused too: {e2}") from None
+        return bundle, (f"configured bundle refused ({e}); started from the last good bundle {last_good} "
+                        f"({bundle.manifest.effect})")
+
+
+def remember_good(bundle: Bundle, last_good) -> bool:
+    """Keep a copy of ``bundle``'s archive at ``last_good`` for ``start_bundle``: written atomically
+    and durably, and checked before it replaces the previous copy (the source may be overwritten
+    while we copy). -> whether a new copy was written (False: no archive, or the same bundle)."""
+    src = bundle.source
+    if not last_good or src is None or not Path(src).is_file():
+        return False
+    last_good = Path(last_good)
+    if last_good.exists() and last_good.resolve() == Path(src).resolve():
+        return False
+    if last_good.is_file():
+        try:
+            kept = load_bundle(last_good)
+            shutil.rmtree(kept.root, ignore_errors=True)
+            if kept.manifest.files == bundle.manifest.files:
+                return False  # the same bundle: no write (an SD card wears)
+        except BundleError:
+            pass  # a bad copy: replace it
+    with atomic_path(last_good, mode=0o664) as tmp:
+        shutil.copyfile(src, tmp)
+        copy = load_bundle(tmp)
+        shutil.rmtree(copy.root, ignore_errors=True)
+        if copy.manifest.files != bundle.manifest.files:
+            raise BundleError(f"{src} changed while it was copied to {last_good}; the previous copy is kept")
+    return True
+
+
         self.fade = np.ones(self.fade_periods * P, np.float32)
         self.fade[:fade_n] = np.arange(1, fade_n + 1, dtype=np.float32) / fade_n
         self.fade_views = [self.fade[k * P:(k + 1) * P] for k in range(self.fade_periods)]
@@ -240,6 +287,7 @@ class Daemon:
             while self.running and (max_periods == 0 or self.periods_done < max_periods):
                 self.heartbeat += 1
                 try:
+        self.last_good = last_good  # where a copy of each bundle that passes its self-check is kept
                     n = d.read()
                     if n < 0:
                         self._xrun(XRUN_DRIFT if n == -2 else XRUN_CAPTURE)
@@ -403,6 +451,11 @@ class Daemon:
         if cmd == "bypass":
             if arg not in ("", "on", "off", "toggle"):
                 return {"ok": False, "error": f"bypass {arg!r}: say on, off or toggle"}
+                try:
+                    if remember_good(bundle, self.last_good):
+                        log.info("bundle %s kept as the last good bundle (%s)", path, self.last_good)
+                except (OSError, BundleError) as e:
+                    log.warning("no last good copy of %s: %s", path, e)
             self.set_bypass(arg == "on" if arg in ("on", "off") else not self.user_bypass)
             return {"ok": True, "bypassed": self.user_bypass}
         if cmd == "load":

@@ -15,12 +15,14 @@ that the file still loads, and keeps the old file as ``<config>.bak``.
 """
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from .atomic import write_atomic
 from .knobspec import KnobSpec
 from .pots import KnobProcessor, PotCalibration
 
@@ -213,11 +215,11 @@ def write_calibrations(config_path: str | Path, cals: dict[int, PotCalibration])
         if (round(pot.raw_min, 4), round(pot.raw_max, 4), pot.reversed) != \
                 (round(cal.raw_min, 4), round(cal.raw_max, 4), cal.reversed):
             raise ValueError(f"{path}: knobs.pot[{i}] did not take the calibration (got {pot}); file left unchanged")
-    backup = path.with_name(path.name + ".bak")
-    backup.write_text(text, encoding="utf-8")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    tmp.replace(path)
+    # Both written whole or not at all (a power cut mid-write keeps the old config), beside the
+    # real file when the config is a link (a read-only root keeps it on the data partition).
+    real = Path(os.path.realpath(path))
+    backup = write_atomic(real.with_name(real.name + ".bak"), text)
+    write_atomic(real, new)
     return backup
 
 

@@ -1,0 +1,88 @@
+"""A capture folder (``python -m device capture``) is a dataset the host takes as it is.
+
+The pedal here is a pedalboard drive (the catalogue's, under a name the catalogue lacks), played
+through a chain with a known latency; each pass goes through the same checks and the same writer
+as on the box (device/capture; training.bench_capture.simulate_capture), with the audio made
+offline instead of through ALSA (tests/device/test_capture.py covers the real-time path). Then the host's own
+checks (python -m training.recordings, the first step of `make pedal DATA=DIR`) and loader read it.
+"""
+import numpy as np
+import pytest
+import soundfile as sf
+
+from device.capture.checks import Limits, check_pass
+from device.capture.plan import make_plan, parse_knob
+from training.bench_capture import simulate_capture
+from training.data import PairSet, read_dataset
+from training.effects import CATALOGUE
+from training.recordings import check_dataset
+
+LATENCY = 301  # the box's round trip plus the pedal's, in samples
+SECONDS = 30.0
+KNOBS = ["drive_db=0..40,dB", "tone_hz=400..8000,Hz,log", "level_db=-30..-6,dB"]
+
+
+def pedal_return(x: np.ndarray, values, rng, noise_dbfs=None, latency=LATENCY, extra=48000) -> np.ndarray:
+    """What the box records: the drive's output (None: bypassed), ``latency`` late, with a noise floor."""
+    y = x if values is None else CATALOGUE["drive"].render(x, 48000, values)
+    rec = np.zeros(len(x) + extra, np.float32)
+    rec[latency:latency + len(y)] = y
+    if noise_dbfs is not None:
+        rec += (10 ** (noise_dbfs / 20) * rng.standard_normal(len(rec))).astype(np.float32)
+    return rec
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory):
+    specs = [parse_knob(k) for k in KNOBS]
+    same = lambda k: (k.name, k.unit, k.minimum, k.maximum, k.taper)  # noqa: E731
+    assert list(map(same, specs)) == list(map(same, CATALOGUE["drive"].knobs))  # as a user would name them
+    return simulate_capture(CATALOGUE["drive"], tmp_path_factory.mktemp("cap") / "my_drive", make_plan(specs, 4),
+                            SECONDS, LATENCY, noise_dbfs=None, name="my_drive")
+
+
+def test_a_capture_folder_passes_the_recordings_checks_and_its_targets_are_aligned(capture):
+    report = check_dataset(capture.root)
+    print("\n".join(report.lines()))
+    assert not report.errors, report.errors
+    assert report.n_pairs == 4 * 3
+    assert capture.state["latency_samples"] == LATENCY
+    # the capture removed the chain's latency and nothing else: each target is the drive's output to
+    # its input, up to the noise floor (its filters' own delay, which a correlation would call a
+    # latency of 1..113 samples here, stays in for the model to learn)
+    played = capture.signal.audio * capture.level
+    for i, values in enumerate(capture.state["plan"]):
+        ref = CATALOGUE["drive"].render(played, 48000, values)
+        for split, (a, b) in capture.signal.split_ranges().items():
+            y, _ = sf.read(capture.root / capture.state["passes"][i]["targets"][split], dtype="float32")
+            err = 10 * np.log10(np.sum((y - ref[a:b]) ** 2) / np.sum(ref[a:b] ** 2) + 1e-30)
+            assert err < -100, (i, split, err)
+
+
+def test_a_capture_folder_loads_with_its_knobs_and_splits(capture):
+    info = read_dataset(capture.root)
+    assert info.effect == "my_drive" and info.latency_samples == 0
+    assert [k.name for k in info.knobs] == ["drive_db", "tone_hz", "level_db"]
+    assert sorted({p.split for p in info.pairs}) == ["Test", "Train", "Val"]
+    train = PairSet(capture.root, "Train")
+    assert len(train.pairs) == 4
+    assert sorted(tuple(p.knobs) for p in train.pairs) == sorted(tuple(v) for v in capture.state["plan"])
+    # every split's input is its own stretch of the signal (no audio in two splits)
+    assert len({p.source for p in info.pairs}) == 3
+
+
+def test_a_knob_knocked_during_a_pass_and_a_humming_cable_are_caught(capture):
+    sig, level, plan = capture.signal, capture.level, capture.state["plan"]
+    played = sig.audio * level
+    rng = np.random.default_rng(1)
+    knocked = pedal_return(played, plan[0], rng)
+    half = sig.regions["gap"][0]  # the second repeat plays at another setting
+    knocked[half + LATENCY:] = pedal_return(played, plan[1], rng)[half + LATENCY:]
+    check = check_pass(sig, knocked, level, Limits(), LATENCY)
+    print(check.summary(LATENCY))
+    assert "drift" in [p.split(":")[0] for p in check.problems]  # (the end clicks moved too: the tone's delay)
+    hum = pedal_return(played, plan[0], rng, noise_dbfs=-30.0)
+    check = check_pass(sig, hum, level, Limits(), LATENCY)
+    print(check.summary(LATENCY))
+    assert any(p.startswith("noise floor") for p in check.problems)
+    assert check_pass(sig, pedal_return(played, plan[0], rng), level, Limits(), LATENCY).ok
