@@ -13,10 +13,10 @@
                                        what a running daemon is doing; or tell it what to do
   knobs --config C [--calibrate [--write]]
                                        live pot readings; calibrate each pot's end stops
-  capture --out DIR --knob NAME=MIN..MAX ... [--config C]
   install BUNDLE... [--config C | --dir D]  [--name NAME -  (the bundle on stdin)]
                                        verify, then copy into model.bundles_dir so that a power cut
                                        or a dropped connection leaves the old file or the new one
+  capture --out DIR --knob NAME=MIN..MAX ... [--config C]
                                        model your own pedal: play the capture signal through it at
                                        each knob setting of a plan, check every pass, write a dataset
   capture-signal --out SIGNAL.wav      the capture signal, to listen to
@@ -100,8 +100,8 @@ def cmd_run(a) -> int:
         crossfade_ms, status_socket, threads = au.dry_crossfade_ms, cfg.status.socket, cfg.model.threads
         bundles = sorted(Path(cfg.model.bundles_dir).glob("*.pedal")) if cfg.model.bundles_dir else []
         watchdog = cfg.watchdog.enabled
-
         last_good = cfg.model.last_good
+
         def reload_path():  # SIGHUP: the bundle the config names now (it may have been edited)
             return load_config(a.config).model.bundle
     else:
@@ -109,8 +109,8 @@ def cmd_run(a) -> int:
         bundle_path, precision, threads = a.bundle, a.precision or None, 1
         rt, crossfade_ms, status_socket, bundles = (a.priority, not a.no_mlock, a.cpu), 10.0, a.status_socket, []
         watchdog = True
-
         last_good = a.last_good
+
         def reload_path():
             return Path(a.bundle)
     # Started real-time (systemd, chrt)? Only the audio thread keeps that priority; the helpers,
@@ -322,8 +322,6 @@ def cmd_knobs(a) -> int:
     return 0 if len(cals) == len(cfg.knobs.pots) else 1
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m device", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 def cmd_install(a) -> int:
     import shutil
     from .atomic import atomic_path
@@ -354,6 +352,8 @@ def cmd_install(a) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m device", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("inspect", help="print a bundle's card")
@@ -395,9 +395,9 @@ def cmd_install(a) -> int:
                    help="fraction of a hop's duration its compute may take before counting as an overrun (0: off)")
     p.add_argument("--stats", default=None,
                    help="at exit, save per-period work times (s) to this .npy; or, to a .npz: work times, arrival "
+                        "times, xruns")
     p.add_argument("--last-good", default=None,
                    help="keep a copy of the bundle here; start from it when --bundle is partial or bad (as model.last_good)")
-                        "times, xruns")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("status", help="ask a running daemon, or tell it to bypass / load a bundle")
     p.add_argument("--socket", default=None, help="default: the config's status.socket, else /run/pedal/status.sock")

@@ -174,28 +174,6 @@ def warm_up(engine, hops: int = 16) -> None:
     runner.reset()
 
 
-class Daemon:
-    def __init__(self, engine: Engine, duplex: AlsaDuplex, knobs, status_socket: Path | None = None,
-                 bundles: list[Path] | None = None, engine_kwargs: dict | None = None, led=None, poller=None,
-                 stats_periods: int = 1 << 16, reload_path=None, watchdog: bool = True, fade_ms: float = 10.0,
-                 max_backoff_s: float = 2.0, last_good=None):
-        if duplex.period % engine.hop:
-            raise AlsaError(f"period {duplex.period} frames is not a multiple of the model's hop {engine.hop}")
-        self.engine, self.duplex, self.knobs = engine, duplex, knobs
-        P, H = duplex.period, engine.hop
-        self.hops_per_period = P // H
-        self.in_views = [duplex.mono_in[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
-        self.out_period = np.zeros(P, np.float32)
-        self.out_views = [self.out_period[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
-        self.period_s = P / duplex.rate
-        # Rings the audio thread writes and the monitor (or `run --stats`) reads: one entry per period.
-        self.ring = max(int(stats_periods), 1024)
-        self.work_s = np.zeros(self.ring, np.float32)  # read returned -> period encoded for playback
-        self.t_period = np.zeros(self.ring, np.float64)  # perf_counter() when each period arrived
-        self.xrun_at = np.zeros(256, np.int64)  # periods_done at each xrun
-        # After the card comes back, the output fades in from silence (the input restarts mid-waveform).
-        fade_n = max(1, int(fade_ms * duplex.rate / 1000))
-        self.fade_periods = -(-fade_n // P)
 def start_bundle(path, last_good=None) -> tuple[Bundle, str | None]:
     """The bundle the daemon starts with: the configured ``path``, or, when that one is partial or
     bad (a copy cut off by a power cut, a broken file), the last good copy at ``last_good``.
@@ -241,6 +219,28 @@ def remember_good(bundle: Bundle, last_good) -> bool:
     return True
 
 
+class Daemon:
+    def __init__(self, engine: Engine, duplex: AlsaDuplex, knobs, status_socket: Path | None = None,
+                 bundles: list[Path] | None = None, engine_kwargs: dict | None = None, led=None, poller=None,
+                 stats_periods: int = 1 << 16, reload_path=None, watchdog: bool = True, fade_ms: float = 10.0,
+                 max_backoff_s: float = 2.0, last_good=None):
+        if duplex.period % engine.hop:
+            raise AlsaError(f"period {duplex.period} frames is not a multiple of the model's hop {engine.hop}")
+        self.engine, self.duplex, self.knobs = engine, duplex, knobs
+        P, H = duplex.period, engine.hop
+        self.hops_per_period = P // H
+        self.in_views = [duplex.mono_in[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
+        self.out_period = np.zeros(P, np.float32)
+        self.out_views = [self.out_period[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
+        self.period_s = P / duplex.rate
+        # Rings the audio thread writes and the monitor (or `run --stats`) reads: one entry per period.
+        self.ring = max(int(stats_periods), 1024)
+        self.work_s = np.zeros(self.ring, np.float32)  # read returned -> period encoded for playback
+        self.t_period = np.zeros(self.ring, np.float64)  # perf_counter() when each period arrived
+        self.xrun_at = np.zeros(256, np.int64)  # periods_done at each xrun
+        # After the card comes back, the output fades in from silence (the input restarts mid-waveform).
+        fade_n = max(1, int(fade_ms * duplex.rate / 1000))
+        self.fade_periods = -(-fade_n // P)
         self.fade = np.ones(self.fade_periods * P, np.float32)
         self.fade[:fade_n] = np.arange(1, fade_n + 1, dtype=np.float32) / fade_n
         self.fade_views = [self.fade[k * P:(k + 1) * P] for k in range(self.fade_periods)]
@@ -265,6 +265,7 @@ def remember_good(bundle: Bundle, last_good) -> bool:
         self.engine_kwargs = engine_kwargs or {}
         self.led, self.poller = led, poller
         self.reload_path = reload_path  # () -> the configured bundle path (SIGHUP, "reload")
+        self.last_good = last_good  # where a copy of each bundle that passes its self-check is kept
         self.watchdog = watchdog
         self.fault_until = 0.0
         self.last_load: dict | None = None
@@ -287,7 +288,6 @@ def remember_good(bundle: Bundle, last_good) -> bool:
             while self.running and (max_periods == 0 or self.periods_done < max_periods):
                 self.heartbeat += 1
                 try:
-        self.last_good = last_good  # where a copy of each bundle that passes its self-check is kept
                     n = d.read()
                     if n < 0:
                         self._xrun(XRUN_DRIFT if n == -2 else XRUN_CAPTURE)
@@ -427,6 +427,11 @@ def remember_good(bundle: Bundle, last_good) -> bool:
                 self.last_load = {"path": str(path), "ok": True, "message": "passed its self-check; crossfading to it",
                                   "at": time.time()}
                 log.info("bundle %s passed its self-check (%.1f dB vs PyTorch); crossfading to it", path, result["snr_db"])
+                try:
+                    if remember_good(bundle, self.last_good):
+                        log.info("bundle %s kept as the last good bundle (%s)", path, self.last_good)
+                except (OSError, BundleError) as e:
+                    log.warning("no last good copy of %s: %s", path, e)
             except Exception as e:  # any failure (bad archive, missing file, bad model): refuse, keep playing
                 log.error("bundle refused, keeping the current one: %s", e)
                 self._refused(str(e), path)
@@ -451,11 +456,6 @@ def remember_good(bundle: Bundle, last_good) -> bool:
         if cmd == "bypass":
             if arg not in ("", "on", "off", "toggle"):
                 return {"ok": False, "error": f"bypass {arg!r}: say on, off or toggle"}
-                try:
-                    if remember_good(bundle, self.last_good):
-                        log.info("bundle %s kept as the last good bundle (%s)", path, self.last_good)
-                except (OSError, BundleError) as e:
-                    log.warning("no last good copy of %s: %s", path, e)
             self.set_bypass(arg == "on" if arg in ("on", "off") else not self.user_bypass)
             return {"ok": True, "bypassed": self.user_bypass}
         if cmd == "load":

@@ -23,6 +23,12 @@
 #   --no-apt           skip step 1 (packages already installed, or no network)
 #   --no-venv          skip step 4
 #   --no-boot-config   leave config.txt alone
+#   --read-only-root --data-partition SPEC
+#                      power-cut safety for the system: / read-only under a RAM overlay (overlayroot,
+#                      what raspi-config's "overlay file system" uses), and /var/lib/pedal (bundles,
+#                      the config, the last good bundle) on its own writable ext4 partition SPEC
+#                      (LABEL=pedal-data, PARTUUID=..., /dev/mmcblk0p3), which you make first
+#                      (firmware_cfg/README.md). Takes effect at the next boot.
 #   -h, --help
 #
 # Environment:
@@ -53,6 +59,8 @@ DRY_RUN=0
 DO_APT=1
 DO_VENV=1
 DO_BOOT=1
+READ_ONLY_ROOT=0
+DATA_PARTITION=""
 LOGIN_USER=""
 BUNDLES=()
 
@@ -79,12 +87,23 @@ target() { printf '%s%s' "$DESTDIR" "$1"; }
 
 staging() { [[ -n $DESTDIR ]]; }
 
+# The first of these paths that is a file on the target (bookworm's /boot/firmware, or older /boot).
+first_file() {
+    local c
+    for c in "$@"; do
+        if [[ -f $(target "$c") ]]; then printf '%s' "$c"; return 0; fi
+    done
+}
+
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
         --no-apt) DO_APT=0 ;;
         --no-venv) DO_VENV=0 ;;
         --no-boot-config) DO_BOOT=0 ;;
+        --read-only-root) READ_ONLY_ROOT=1 ;;
+        --data-partition) [[ $# -ge 2 ]] || die "--data-partition needs a device (LABEL=pedal-data, PARTUUID=...)"; DATA_PARTITION="$2"; shift ;;
+        --data-partition=*) DATA_PARTITION="${1#--data-partition=}" ;;
         --user) [[ $# -ge 2 ]] || die "--user needs a name"; LOGIN_USER="$2"; shift ;;
         --user=*) LOGIN_USER="${1#--user=}" ;;
         --bundle) [[ $# -ge 2 ]] || die "--bundle needs a file"; BUNDLES+=("$2"); shift ;;
@@ -106,6 +125,16 @@ done
 for b in "${BUNDLES[@]}"; do
     [[ -e $b ]] || die "bundle $b does not exist"
 done
+if [[ $READ_ONLY_ROOT == 1 && -z $DATA_PARTITION ]]; then
+    die "--read-only-root needs --data-partition SPEC: with / read-only, bundles and the config need a writable partition (firmware_cfg/README.md)"
+fi
+if [[ -n $DATA_PARTITION && $READ_ONLY_ROOT == 0 ]]; then
+    die "--data-partition is for --read-only-root"
+fi
+if ! staging && [[ -r /proc/cmdline ]] && grep -qE '(^| )overlayroot=[^ ]' /proc/cmdline \
+        && [[ "$(findmnt -n -o FSTYPE / 2>/dev/null)" == overlay ]]; then
+    die "the root file system is read-only (overlayroot): changes would vanish at the next boot. Run 'sudo overlayroot-chroot' and provision.sh inside it, or turn the overlay off first (firmware_cfg/README.md)"
+fi
 if [[ $DRY_RUN == 0 && $EUID -ne 0 ]] && ! staging; then
     die "run as root (sudo $0), or with --dry-run to see what it would do"
 fi
@@ -213,7 +242,9 @@ if [[ $DO_VENV == 1 ]]; then
     fi
     run "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip
     run "$venv/bin/python" -m pip install --disable-pip-version-check -r "$OPT_DIR/requirements/device.txt"
-    run "$venv/bin/python" -m compileall -q "$OPT_DIR/device"
+    # checked-hash: the .pyc files depend on the source only, not on when it was copied, so a
+    # second run leaves the same bytes (and an edited .py is still noticed)
+    run "$venv/bin/python" -m compileall -q --invalidation-mode checked-hash "$OPT_DIR/device"
     run env PYTHONPATH="$OPT_DIR" "$venv/bin/python" -c "import device.config, device.bundle"
 else
     note "skipped${DESTDIR:+ (DESTDIR set: build the venv on the target)}: python3 -m venv --system-site-packages $venv; pip install -r $OPT_DIR/requirements/device.txt"
@@ -254,19 +285,94 @@ if ! staging; then
     run chown "$PEDAL_USER:$PEDAL_USER" "$STATE_DIR" "$bundles"
 fi
 for b in "${BUNDLES[@]}"; do
+    name="$(basename "$b")"
     if [[ -d $b ]]; then
         run cp -r "$b" "$bundles/"
+        staging || run chown -R "$PEDAL_USER:$PEDAL_USER" "$bundles/$name"
+    elif [[ -f $bundles/$name ]] && cmp -s "$b" "$bundles/$name"; then
+        note "$STATE_DIR/bundles/$name is up to date"
     else
-        run install -m 0664 "$b" "$bundles/$(basename "$b")"
+        # A power cut mid-copy must leave the old bundle or the new one: a hidden temporary file
+        # beside it, synced, renamed over it, the directory synced (as device/atomic.py does).
+        tmp_bundle="$bundles/.$name.tmp-provision"
+        run install -m 0664 "$b" "$tmp_bundle"
+        staging || run chown "$PEDAL_USER:$PEDAL_USER" "$tmp_bundle"
+        run sync "$tmp_bundle"
+        run mv -f "$tmp_bundle" "$bundles/$name"
+        run sync "$bundles"
     fi
-    staging || run chown -R "$PEDAL_USER:$PEDAL_USER" "$bundles/$(basename "$b")"
 done
 
+if [[ $READ_ONLY_ROOT == 1 ]]; then
+    say "read-only root: / under a RAM overlay, $STATE_DIR on $DATA_PARTITION"
+    # The data partition at /var/lib/pedal: our own two lines in fstab, replaced on every run.
+    fstab="$(target /etc/fstab)"
+    marker="# SignalTrain-Pi: bundles, config, last good bundle (provision.sh --read-only-root)"
+    new_fstab="$(mktemp)"
+    if [[ -f $fstab ]]; then
+        awk -v m="$marker" '$0 == m {skip = 2} skip {skip--; next} {print}' "$fstab" > "$new_fstab"
+    fi
+    printf '%s\n%s\n' "$marker" "$DATA_PARTITION $STATE_DIR ext4 defaults,noatime,nofail,x-systemd.device-timeout=10s 0 2" >> "$new_fstab"
+    if [[ -f $fstab ]] && cmp -s "$new_fstab" "$fstab"; then
+        note "/etc/fstab is up to date"
+    else
+        run install -D -m 0644 "$new_fstab" "$fstab"
+    fi
+    rm -f "$new_fstab"
+    # The config lives on the data partition; /etc/pedal/pedal.toml links to it (the daemon and
+    # `python -m device knobs --write` follow the link and write beside the real file).
+    data_toml="$STATE_DIR/pedal.toml"
+    link="../..$data_toml"  # relative: right on the box and inside a DESTDIR alike
+    if [[ -L $toml && "$(readlink "$toml")" == "$link" ]]; then
+        note "$ETC_DIR/pedal.toml links to $data_toml"
+    else
+        [[ -e $(target "$data_toml") ]] || run cp -p "$toml" "$(target "$data_toml")"
+        run ln -sfn "$link" "$toml"
+    fi
+    # Whatever is in /var/lib/pedal now must be on the partition, or it vanishes under the mount.
+    if staging; then
+        note "skipped (DESTDIR set): copying $STATE_DIR onto $DATA_PARTITION"
+    elif findmnt -n "$STATE_DIR" >/dev/null 2>&1; then
+        note "$STATE_DIR is mounted already"
+    elif dev="$(findfs "$DATA_PARTITION" 2>/dev/null || { [[ -b $DATA_PARTITION ]] && echo "$DATA_PARTITION"; })" && [[ -n $dev ]]; then
+        mnt="$(mktemp -d)"
+        run mount "$dev" "$mnt"
+        run cp -a --no-clobber "$STATE_DIR/." "$mnt/"
+        run umount "$mnt"
+        rmdir "$mnt"
+        run mount "$STATE_DIR"
+        run chown "$PEDAL_USER:$PEDAL_USER" "$STATE_DIR"
+        run chmod 2775 "$STATE_DIR"
+    else
+        warn "$DATA_PARTITION is not here now (a chroot or an image build?): $STATE_DIR stays on the root file system until it is; copy its files onto the partition before the first boot with the overlay"
+    fi
+    # The daemon waits for the partition.
+    dropin="$(mktemp)"
+    printf '%s\n' "# SignalTrain-Pi (provision.sh --read-only-root): bundles and the config are on the data partition" \
+        "[Unit]" "RequiresMountsFor=$STATE_DIR" > "$dropin"
+    install_file "$dropin" /etc/systemd/system/pedal.service.d/10-data-partition.conf 0644
+    rm -f "$dropin"
+    # overlayroot (Debian's, which raspi-config uses too) mounts / read-only under tmpfs from the
+    # initramfs; recurse=0 leaves the data partition writable. The kernel command line turns it on.
+    if [[ $DO_APT == 1 ]]; then
+        run apt-get install -y --no-install-recommends overlayroot
+    else
+        note "skipped${DESTDIR:+ (DESTDIR set)}: apt-get install overlayroot"
+    fi
+    cmdline="$(first_file /boot/firmware/cmdline.txt /boot/cmdline.txt)"
+    if [[ -z $cmdline ]]; then
+        warn "no /boot/firmware/cmdline.txt${DESTDIR:+ under $DESTDIR}: add overlayroot=tmpfs:recurse=0 to the kernel command line yourself"
+    elif grep -qE '(^| )overlayroot=' "$(target "$cmdline")"; then
+        note "$cmdline has overlayroot= already: $(grep -oE '(^| )overlayroot=[^ ]*' "$(target "$cmdline")" | tr -d ' ')"
+    else
+        [[ -f $(target "$cmdline").pedal-orig ]] || run cp -p "$(target "$cmdline")" "$(target "$cmdline").pedal-orig"
+        run sed -i '1 s/^/overlayroot=tmpfs:recurse=0 /' "$(target "$cmdline")"
+        note "$cmdline changed: the root is read-only from the next boot (a Pi OS initramfs is needed: auto_initramfs=1)"
+    fi
+fi
+
 if [[ $DO_BOOT == 1 ]]; then
-    boot=""
-    for c in /boot/firmware/config.txt /boot/config.txt; do
-        if [[ -f $(target "$c") ]]; then boot="$c"; break; fi
-    done
+    boot="$(first_file /boot/firmware/config.txt /boot/config.txt)"
     if [[ -z $boot ]]; then
         warn "no /boot/firmware/config.txt or /boot/config.txt${DESTDIR:+ under $DESTDIR}: boot config not changed"
     else
