@@ -64,7 +64,7 @@ def evaluate(checkpoint: Path, data: Path, out: Path, log=print) -> dict:
     report = {"checkpoint": str(checkpoint), "effect": ck["effect"], "summary": summary, "settings": settings}
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=1))
-    plot_settings(settings, out / "eval_settings.png")
+    plot_settings(settings, out / "eval_settings.png", test.knob_specs)
     plot_level_curves(model, ck, test, out / "level_curves.png")
     log(f"test ({summary['test_sources']} held-out sources x {len(settings)} held-out settings): ESR mean "
         f"{summary['esr_mean']:.4f}, median {summary['esr_median']:.4f}, worst {summary['esr_worst']:.4f} at "
@@ -91,7 +91,35 @@ def tone_junk_db(model, knob_positions: np.ndarray, f0: float = 1000.0, level_db
     return float(10 * np.log10(spec[~harmonic].sum() / max(tone, 1e-30) + 1e-30))
 
 
-def plot_settings(settings: list[dict], path: Path) -> None:
+def knob_name(spec) -> str:
+    """A knob's name without the unit suffix that its unit repeats: threshold_db (dB) -> threshold."""
+    for suffix in ("_db", "_ms", "_hz", "_s", "_pct"):
+        if spec.unit and spec.name.endswith(suffix):
+            return spec.name[: -len(suffix)]
+    return spec.name
+
+
+def knob_text(spec, value: float) -> str:
+    """One knob at a value for a musician: "threshold -40 dB", "ratio 8:1", "attack 3 ms"."""
+    unit = spec.unit if spec.unit[:1] in (":", "%", "") else " " + spec.unit
+    return f"{knob_name(spec)} {value:.3g}{unit}"
+
+
+def spread_settings(positions: np.ndarray, n: int, curves: np.ndarray | None = None) -> list[int]:
+    """Indices of ``n`` distinct knob settings far apart, starting from the one nearest the middle of
+    the knob space, then each time the one farthest from those chosen: by their ``curves`` (one row
+    per index) when given, so that the settings picked look different, else by knob positions."""
+    _, first = np.unique(np.round(positions, 4), axis=0, return_index=True)
+    first = np.sort(first)  # one index per distinct setting, in data order
+    pts = (curves if curves is not None else positions)[first]
+    chosen = [int(np.argmin(((positions[first] - 0.5) ** 2).sum(1)))]
+    while len(chosen) < min(n, len(first)):
+        dist = np.min([((pts - pts[c]) ** 2).sum(1) for c in chosen], axis=0)
+        chosen.append(int(np.argmax(dist)))
+    return [int(first[c]) for c in chosen]
+
+
+def plot_settings(settings: list[dict], path: Path, knob_specs=None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,8 +129,9 @@ def plot_settings(settings: list[dict], path: Path) -> None:
     ax.bar(i + 0.2, [s["esr"] for s in settings], 0.4, label="model")
     ax.set_yscale("log")
     ax.axhline(0.01, color="g", ls=":", label="ESR 0.01 (NAM 'great')")
-    ax.set_xticks(i, ["\n".join(f"{v:g}" for v in s["knobs"].values()) for s in settings], fontsize=6)
-    ax.set_xlabel("held-out setting (" + ", ".join(settings[0]["knobs"]) + ")", fontsize=8)
+    ax.set_xticks(i, ["\n".join(f"{v:.3g}" for v in s["knobs"].values()) for s in settings], fontsize=6)
+    names = [f"{knob_name(k)} [{k.unit}]" if k.unit else k.name for k in knob_specs] if knob_specs else list(settings[0]["knobs"])
+    ax.set_xlabel("held-out knob setting, top to bottom:\n" + ", ".join(names), fontsize=8)
     ax.set_ylabel("ESR vs target")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -111,40 +140,76 @@ def plot_settings(settings: list[dict], path: Path) -> None:
 
 
 @torch.no_grad()
-def plot_level_curves(model, ck, test: PairSet, path: Path, n_settings: int = 3) -> None:
-    """Steady-state output level vs input level of a 1 kHz tone (a compressor's static curve)."""
+def static_curves(model, positions: np.ndarray, values, effect, levels_db: np.ndarray, sample_rate: int,
+                  seconds: float = 1.5, hop: int = 64):
+    """Steady-state output level of a 1 kHz tone per input level, at one knob setting: the model's
+    (None without a model) and the effect's (None without a renderer), in dBFS of a sine's peak. The
+    tone lasts ``seconds`` and its last third is measured, so a 1 s attack has settled."""
+    t = np.arange(int(seconds * sample_rate) // hop * hop) / sample_rate
+    x = (10 ** (levels_db[:, None] / 20) * np.sin(2 * np.pi * 1000 * t)[None]).astype(np.float32)  # (levels, N)
+    tail = slice(2 * x.shape[1] // 3, None)
+    out_m = out_t = None
+    if model is not None:
+        k = np.repeat(np.asarray(positions, np.float32)[None], len(levels_db), 0)
+        y = model(torch.from_numpy(x), torch.from_numpy(k)).numpy()  # (levels, N)
+        out_m = np.array([rms_db(v[tail]) + 3.01 for v in y])
+    if effect is not None:
+        out_t = np.array([rms_db(effect.render(v, sample_rate, values)[tail]) + 3.01 for v in x])
+    return out_m, out_t
+
+
+def plot_level_curves(model, ck, test: PairSet, path: Path, n_settings: int = 4) -> list[str]:
+    """Level in vs level out of a steady 1 kHz tone (a compressor's static curve) at ``n_settings``
+    held-out settings spread over the knobs: model solid, target dashed, one colour per setting
+    named with its knobs and units; beside it the model's error in dB. -> the legend's entries."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     effect = CATALOGUE.get(ck["effect"])  # a user's recorded effect has no renderer: model curves only
-    sr, H = model.cfg.sample_rate, model.cfg.hop
     levels = np.arange(-60, 1, 4.0)
-    t = np.arange(int(0.5 * sr) // H * H) / sr
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(test.pairs), min(n_settings, len(test.pairs)), replace=False)
-    for c, i in enumerate(picks):
-        values, pos = test.pairs[i].knobs, test.knobs[i]
-        out_m, out_t = [], []
-        for lv in levels:
-            x = (10 ** (lv / 20) * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
-            y = model(torch.from_numpy(x)[None], torch.from_numpy(pos)[None])[0].numpy()
-            out_m.append(rms_db(y[len(y) // 2:]) + 3.01)
-            if effect is not None:
-                out_t.append(rms_db(effect.render(x, sr, values)[len(x) // 2:]) + 3.01)
-        label = ", ".join(f"{v:g}" for v in values)
-        line, = ax.plot(levels, out_m, "-", label=f"model {label}")
-        if out_t:
-            ax.plot(levels, out_t, "--", color=line.get_color(), label="target")
+    target_curves = None
+    if effect is not None:  # settings whose static curves differ (a compressor's attack barely moves it)
+        _, first = np.unique(np.round(test.knobs, 4), axis=0, return_index=True)
+        target_curves = np.zeros((len(test.pairs), len(levels)))
+        for i in first:
+            target_curves[i] = static_curves(None, None, test.pairs[i].knobs, effect, levels, test.sample_rate)[1]
+    picks = spread_settings(test.knobs, n_settings, target_curves)
+    fig, axes = plt.subplots(1, 2 if effect is not None else 1, figsize=(11 if effect is not None else 6, 4.6),
+                             squeeze=False)
+    ax, err_ax = axes[0, 0], (axes[0, 1] if effect is not None else None)
+    for i in picks:
+        values = test.pairs[i].knobs
+        out_m, out_t = static_curves(model, test.knobs[i], values, effect, levels, model.cfg.sample_rate,
+                                     hop=model.cfg.hop)
+        name = ", ".join(knob_text(s, v) for s, v in zip(test.knob_specs, values))
+        line, = ax.plot(levels, out_m, "-", label=name)
+        if out_t is not None:
+            ax.plot(levels, out_t, "--", color=line.get_color())
+            err_ax.plot(levels, out_m - out_t, "-", color=line.get_color())
     ax.plot(levels, levels, ":", color="0.6", lw=1)
+    # the line styles once, then one entry per setting (colour): no two entries read the same
+    style = [plt.Line2D([], [], color="0.2", ls="-", label="model"),
+             plt.Line2D([], [], color="0.2", ls=":", lw=1, label="output = input")]
+    if effect is not None:
+        style.insert(1, plt.Line2D([], [], color="0.2", ls="--", label=f"target ({effect.name})"))
+    first = ax.legend(handles=style, fontsize=7, loc="upper left")
+    ax.add_artist(first)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=1, frameon=False)
     ax.set_xlabel("input level [dBFS, 1 kHz tone]")
     ax.set_ylabel("output level [dBFS]")
-    ax.legend(fontsize=6)
+    ax.set_title(f"static curve: {ck['effect']}, held-out settings", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    if err_ax is not None:
+        err_ax.axhline(0, color="0.6", lw=1)
+        err_ax.set_xlabel("input level [dBFS, 1 kHz tone]")
+        err_ax.set_ylabel("model - target [dB]")
+        err_ax.set_title("error of the model's static curve", fontsize=9)
+        err_ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * len(picks), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
+    return [h.get_label() for h in style] + labels
 
 
 def main(argv=None):

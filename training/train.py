@@ -77,7 +77,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights for validation and best.pt; 0: off
     val_every_s: float = 20.0
     val_every_steps: int = 0  # > 0: validate (and write last.pt) every this many steps instead of by the clock
-    val_chunks: int = 32
+    val_chunks: int = 32  # spread over every validation pair (knob setting), evenly within each
     seed: int = 0
     threads: int = 2  # torch CPU threads per process
     max_steps: int = 0  # 0 = no limit but time; > 0: the learning-rate schedule follows the steps (deterministic)
@@ -116,6 +116,25 @@ def chunk_sizes(cfg: TrainConfig, hop: int, sample_rate: int, lookback_s: float 
     look = int(round(look_s * sample_rate / hop)) * hop
     tail = int(round(cfg.tail_s * sample_rate / hop)) * hop
     return look, tail
+
+
+def validation_chunks(val_set: PairSet, chunk: int, n: int):
+    """``n`` fixed chunks (xs, ys, knobs) spread over the validation pairs: every pair (a held-out
+    knob setting) in turn, each pair's chunks at evenly spaced places; fewer chunks than pairs take
+    pairs evenly spaced in the list. The same chunks on every call and in every process."""
+    ok = np.flatnonzero(val_set.lengths >= chunk)
+    if not len(ok):
+        raise ValueError(f"no validation pair is as long as a chunk of {chunk} samples (longest {val_set.lengths.max()})")
+    L = len(ok)
+    xs, ys, ks = np.empty((n, chunk), np.float32), np.empty((n, chunk), np.float32), np.empty((n, val_set.knobs.shape[1]), np.float32)
+    for j in range(n):
+        if n >= L:
+            i, r, m = ok[j % L], j // L, (n - 1 - j % L) // L + 1  # the pair, this chunk's place among the pair's m
+        else:
+            i, r, m = ok[int(round(j * (L - 1) / max(n - 1, 1)))], 0, 1
+        s = int((val_set.lengths[i] - chunk) * (r + 0.5) / m)
+        xs[j], ys[j], ks[j] = val_set.x[i][s:s + chunk], val_set.y[i][s:s + chunk], val_set.knobs[i]
+    return xs, ys, ks
 
 
 @torch.no_grad()
@@ -181,7 +200,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         fit_delays(model, parts, train_set.knobs, log)
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
-    vx, vy, vk = val_set.fixed_chunks(look + tail, cfg.val_chunks)
+    vx, vy, vk = validation_chunks(val_set, look + tail, cfg.val_chunks)
     dry_val = float(((vx[:, look:] - vy[:, look:]) ** 2).sum() / max(float((vy[:, look:] ** 2).sum()), 1e-12))  # as validated
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stft_loss = None
@@ -408,7 +427,7 @@ class RunLog:
             with path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
         self.file = path.open("w", newline="")
-        self.csv = csv.DictWriter(self.file, self.COLUMNS)
+        self.csv = csv.DictWriter(self.file, self.COLUMNS, lineterminator="\n")
         self.csv.writeheader()
         self.csv.writerows(rows)
         self.tb = None

@@ -89,8 +89,9 @@ def test_two_processes_under_torchrun_train_into_one_checkpoint(dataset, tmp_pat
     assert "2 processes on cpu" in done.stderr + done.stdout
     assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]  # one writer: process 0
     model, ck = load_checkpoint(run / "best.pt")
-    assert ck["metrics"]["step"] == 24
+    assert ck["metrics"]["step"] in (8, 16, 24)  # validated every 8 steps
     last = torch.load(run / "last.pt", weights_only=False)["resume"]
+    assert last["progress"]["step"] == 24
     assert last["world_size"] == 2 and len(last["rng"]) == 2
     assert last["rng"][0]["numpy"] != last["rng"][1]["numpy"]  # each process drew its own chunks
     assert [s for s, _ in losses(run)] == list(range(1, 25))
@@ -98,3 +99,20 @@ def test_two_processes_under_torchrun_train_into_one_checkpoint(dataset, tmp_pat
     fresh = type(model)(model.cfg)  # the weights the run started from (seed 0)
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, fresh.state_dict()[k])]
     assert changed and all(bool(torch.isfinite(v).all()) for v in model.state_dict().values())
+
+
+def test_the_static_curve_plot_names_each_setting_by_its_knobs_and_units(dataset, tmp_path):
+    from training.data import PairSet
+    from training.evaluate import knob_text, plot_level_curves
+    from training.model import SignalTrainPi, tier_config
+    test = PairSet(dataset, "Test")
+    specs = {k.name: k for k in test.knob_specs}
+    assert knob_text(specs["threshold_db"], -40) == "threshold -40 dB"
+    assert knob_text(specs["ratio"], 6.8426) == "ratio 6.84:1" and knob_text(specs["attack_ms"], 3.98) == "attack 3.98 ms"
+    model = SignalTrainPi(tier_config("nano", n_knobs=4)).eval()
+    labels = plot_level_curves(model, {"effect": "comp4"}, test, tmp_path / "level_curves.png")
+    settings = [lb for lb in labels if lb.startswith("threshold")]
+    assert len(settings) == 4 and all(" dB, ratio " in lb and " ms, release " in lb for lb in settings)
+    assert len(set(labels)) == len(labels)  # no two legend entries read the same
+    assert {"model", "target (comp4)"} <= set(labels)
+    assert (tmp_path / "level_curves.png").stat().st_size > 10_000
