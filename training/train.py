@@ -540,6 +540,8 @@ def parse_args(argv=None) -> TrainConfig:
     known, _ = first.parse_known_args(argv)
     base = asdict(TrainConfig())
     if known.resume:
+        if not (Path(known.resume) / "config.toml").exists():
+            raise SystemExit(f"--resume {known.resume}: no config.toml there (not a run folder of training.train)")
         base.update(read_config(Path(known.resume) / "config.toml"))
     if known.config:
         base.update(read_config(known.config))

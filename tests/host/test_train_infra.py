@@ -46,6 +46,16 @@ def test_settings_come_from_the_defaults_then_the_config_file_then_the_flags(tmp
         read_config(bad)
 
 
+def test_after_a_hard_kill_the_log_goes_back_to_the_checkpoint_the_run_resumes_from(tmp_path):
+    from training.train import RunLog
+    log = RunLog(tmp_path, 0, tensorboard=False)
+    for step in range(1, 11):  # steps 7..10 came after the last checkpoint (step 6), then kill -9
+        log.step(step, 0.1 * step, 1e-3, float(step), 0.5 if step == 6 else None)
+    log.close()
+    RunLog(tmp_path, 6, tensorboard=False).close()  # what a resume from step 6 does first
+    assert [s for s, _ in losses(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_run_stopped_with_ctrl_c_and_resumed_ends_as_one_that_ran_through(dataset, tmp_path):
     steps = 120
     settings = {**read_config(TINY), "data": str(dataset), "max_steps": steps}
