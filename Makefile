@@ -20,7 +20,7 @@ DEMO := out/demo
 TESTKIT := build/testkit
 
 .PHONY: demo pedal pedal-steps test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
-        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects
+        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects bench-web
 
 # ---------------------------------------------------------------------------------------------------
 # set-up (idempotent: stamps are rewritten only when a requirements file changes)
@@ -30,8 +30,8 @@ system-deps: .stamps/system
 	@if command -v apt-get >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    alsa-utils libasound2-dev libasound2-plugins jackd2 gcc python3-dev >/dev/null; \
-	else echo "no apt-get: install alsa-lib headers (libasound2-dev), alsa-utils, jackd2 and gcc yourself"; fi
+	    alsa-utils libasound2-dev libasound2-plugins jackd2 gcc python3-dev chromium chromium-driver >/dev/null; \
+	else echo "no apt-get: install alsa-lib headers (libasound2-dev), alsa-utils, jackd2, gcc, chromium and chromedriver yourself"; fi
 	@touch $@
 
 .venv-host/.stamp: requirements/host.txt
@@ -42,10 +42,10 @@ system-deps: .stamps/system
 	.venv-host/bin/pip install -q --no-deps tinysoundfont
 	@touch $@
 
-.venv-device/.stamp: requirements/device.txt .stamps/system
+.venv-device/.stamp: requirements/device.txt requirements/device-test.txt .stamps/system
 	$(PY) -m venv .venv-device
 	.venv-device/bin/pip install -q --upgrade pip
-	.venv-device/bin/pip install -q -r requirements/device.txt
+	.venv-device/bin/pip install -q -r requirements/device.txt -r requirements/device-test.txt
 	@touch $@
 
 envs: .venv-host/.stamp .venv-device/.stamp
@@ -157,6 +157,13 @@ bench-soak: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	@mkdir -p out/bench
 	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 128 --bundle $(SOAK_BUNDLE) --out out/bench/soak-128.json
 	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 64 --bundle $(SOAK_BUNDLE) --out out/bench/soak-64.json
+
+# the daemon's per-period work with the web page open and polling (headless Chromium), with a plain
+# HTTP poller, and with no client, in one run of one daemon on the JACK dummy (about 3.5 minutes)
+WEB_BLOCK_S ?= 20
+bench-web: .venv-device/.stamp .stamps/system $(TESTKIT)/tiny.pedal
+	@mkdir -p out/bench
+	$(DEV) -m device.bench_web --block-s $(WEB_BLOCK_S) --rounds 3 --out out/bench/web.json
 
 # every catalogue effect trained at one fixed CPU budget (BENCH_MINUTES each, 2 threads) and
 # evaluated on held-out sources x held-out knobs; the knob LSTM and FiLM TCN beside it for drive and

@@ -273,6 +273,8 @@ class Daemon:
         self.started = time.time()
         self.stall_s = 0.0
         self.test_hooks = os.environ.get("PEDAL_TEST_HOOKS") == "1"
+        from .remote import keep_log_tail
+        keep_log_tail()  # the last log lines from here on, for the status socket's "panel"
 
     # --- audio thread ------------------------------------------------------------------------------
     def run(self, max_periods: int = 0) -> None:
@@ -448,7 +450,8 @@ class Daemon:
         """One line from the status socket -> the reply.
 
         ``status`` (or nothing), ``bypass [on|off|toggle]``, ``load PATH``, ``reload`` (the
-        configured bundle, like SIGHUP), ``next`` (the next bundle in bundles_dir)."""
+        configured bundle, like SIGHUP), ``next`` (the next bundle in bundles_dir); for remote
+        panels (remote.py): ``panel``, ``knobs``, ``knob NAME VALUE|pot``."""
         words = line.strip().split(maxsplit=1)
         cmd, arg = (words[0].lower() if words else "status"), (words[1].strip() if len(words) > 1 else "")
         if cmd == "status":
@@ -471,7 +474,11 @@ class Daemon:
         if cmd == "next":
             self.next_bundle()
             return {"ok": bool(self.bundles), "bundles": [str(b) for b in self.bundles]}
-        return {"ok": False, "error": f"unknown command {cmd!r}: status, bypass [on|off|toggle], load PATH, reload, next"}
+        if cmd in ("panel", "knobs", "knob"):
+            from . import remote
+            return remote.command(self, cmd, arg)
+        return {"ok": False, "error": f"unknown command {cmd!r}: status, bypass [on|off|toggle], load PATH, reload, "
+                                      "next, panel, knobs, knob NAME VALUE|pot"}
 
     # --- monitor thread -------------------------------------------------------------------------------
     def latency_frames(self) -> int:
@@ -492,9 +499,16 @@ class Daemon:
         if self.led is not None:
             self.led.show(self.led_state())
 
-    def status(self) -> dict:
+    def status(self, recent: int = 0) -> dict:
+        """The daemon's state; the load figures over every period the ring holds, or over the last
+        ``recent`` periods only. A percentile of the whole ring holds Python's lock for a
+        millisecond or more (longer on a Pi) while the audio thread may be waiting for it: a panel
+        that polls asks for a few seconds' worth (remote.py)."""
         n = min(self.periods_done, self.ring)
-        work = self.work_s[:n] if n else np.zeros(1, np.float32)
+        if recent and n > recent:
+            work = self.work_s[np.arange(self.periods_done - recent, self.periods_done) % self.ring]
+        else:
+            work = self.work_s[:n] if n else np.zeros(1, np.float32)
         e = self.engine
         m = e.bundle.manifest if e.bundle is not None else None
         knobs = {k.name: round(k.from_normalized(float(p)), 4) for k, p in zip(m.knobs, e.knobs)} if m else {}

@@ -345,6 +345,10 @@ class KnobProcessor:
     def positions(self) -> np.ndarray:
         return np.array(self._smoothed, dtype=np.float32)
 
+    def accepted(self, i: int) -> float | None:
+        """Knob ``i``'s last reading past the deadband (None before the first): it changes only when the pot is turned."""
+        return self._accepted[i]
+
     def values(self, positions) -> dict[str, float]:
         """Positions -> physical values by name, through each spec's taper (for display and logs)."""
         return {s.name: s.from_normalized(float(p)) for s, p in zip(self.specs, positions)}
@@ -377,10 +381,28 @@ class KnobPoller:
         self._raw_since = [0.0] * n
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Virtual knobs (a remote panel): knob i held at _held_at[i] while the pot's accepted
+        # reading stays _held_mark[i]; nan = not held.
+        self._held_at = [math.nan] * n
+        self._held_mark: list[float | None] = [None] * n
 
     @property
     def faulty(self) -> bool:
         return any(self.in_fault)
+
+    def override(self, i: int, position: float) -> None:
+        """A virtual knob sets knob ``i`` to ``position`` (0..1). Last mover wins: it holds while
+        the pot stays where it is; once the pot moves past its deadband, the pot takes over."""
+        self._held_mark[i] = self.processor.accepted(i)
+        self._held_at[i] = float(position)
+        self.positions[i] = position
+
+    def release(self, i: int) -> None:
+        """Hand knob ``i`` back to its pot now."""
+        self._held_at[i] = math.nan
+
+    def overridden(self, i: int) -> bool:
+        return not math.isnan(self._held_at[i])
 
     def poll_once(self, now: float | None = None):
         """Read every pot that is due once and update its position."""
@@ -409,7 +431,15 @@ class KnobPoller:
                 self._note(logging.INFO, f"knob {name!r}: {pot!r} works again after "
                                          f"{self.fault_counts[i]} faults so far")
                 self.in_fault[i], self._backoff_s[i] = False, 0.0
-            self.positions[i] = self.processor.update(i, raw)
+            position = self.processor.update(i, raw)
+            held = self._held_at[i]
+            if held == held:  # a virtual knob holds this one (not nan)
+                if self.processor.accepted(i) == self._held_mark[i]:
+                    self.positions[i] = held  # the pot has not moved: the virtual knob stays
+                    continue
+                self._held_at[i] = math.nan
+                self._note(logging.INFO, f"knob {name!r}: the pot moved; it takes over from the virtual knob")
+            self.positions[i] = position
 
     def _fault(self, i, name, pot, why, now, backoff=True):
         self.fault_counts[i] += 1

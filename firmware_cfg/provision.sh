@@ -9,12 +9,14 @@
 #   1. apt: python3-venv, python3-dev, libasound2-dev, gcc, alsa-utils, ... (pyalsaaudio builds
 #      from source against alsa-lib)
 #   2. a system user "pedal" in groups audio, gpio, spi, i2c; the login user joins group "pedal"
-#      so that it may copy bundles into /var/lib/pedal/bundles
+#      so that it may copy bundles into /var/lib/pedal/bundles; a system user "pedal-web" in
+#      group "pedal" for the web page (pedal-web.service)
 #   3. device/ -> /opt/pedal/device, requirements/device.txt -> /opt/pedal/requirements/
 #   4. /opt/pedal/venv: python3 -m venv, pip install -r requirements/device.txt
 #   5. /etc/pedal/pedal.toml (kept if you edited it), /etc/asound.conf, limits.d, systemd units,
 #      NetworkManager Wi-Fi power saving off, the boot config block in /boot/firmware/config.txt
-#   6. systemctl enable pedal.service pedal-cpu-performance.service
+#      the web page's password (asked once on a terminal, or PEDAL_WEB_PASSWORD; stored as a hash)
+#   6. systemctl enable pedal.service pedal-cpu-performance.service pedal-web.service
 #
 # Options:
 #   --dry-run          print every action instead of doing it
@@ -48,8 +50,9 @@ PEDAL_USER=pedal
 OPT_DIR=/opt/pedal
 ETC_DIR=/etc/pedal
 STATE_DIR=/var/lib/pedal
-UNITS=(pedal.service pedal-selftest.service pedal-cpu-performance.service)
-ENABLED_UNITS=(pedal-cpu-performance.service pedal.service)
+WEB_USER=pedal-web
+UNITS=(pedal.service pedal-selftest.service pedal-cpu-performance.service pedal-web.service)
+ENABLED_UNITS=(pedal-cpu-performance.service pedal.service pedal-web.service)
 APT_PACKAGES=(python3-venv python3-dev libasound2-dev gcc alsa-utils libsndfile1 i2c-tools)
 # From the Raspberry Pi archive (absent on plain Debian): the pin libraries gpiozero drives.
 APT_OPTIONAL=(python3-lgpio python3-spidev)
@@ -207,6 +210,13 @@ else
         run useradd --system --gid "$PEDAL_USER" --groups "$groups_csv" --home-dir "$STATE_DIR" \
             --no-create-home --shell /usr/sbin/nologin --comment "SignalTrain-Pi pedal daemon" "$PEDAL_USER"
     fi
+    # The web page runs as its own user; group pedal gives it the status socket and the bundles folder.
+    if id "$WEB_USER" >/dev/null 2>&1; then
+        run usermod --append --groups "$PEDAL_USER" "$WEB_USER"
+    else
+        run useradd --system --user-group --groups "$PEDAL_USER" --home-dir /nonexistent --no-create-home \
+            --shell /usr/sbin/nologin --comment "SignalTrain-Pi pedal web page" "$WEB_USER"
+    fi
     if [[ -n $LOGIN_USER ]] && id "$LOGIN_USER" >/dev/null 2>&1; then
         # Bundles copied over ssh land in /var/lib/pedal/bundles; audio lets the user run tools.
         run usermod --append --groups "$PEDAL_USER,audio" "$LOGIN_USER"
@@ -268,6 +278,23 @@ if [[ $DO_VENV == 1 ]]; then  # the daemon would refuse a bad config at start: s
             "from device.config import load_config; load_config('$ETC_DIR/pedal.toml')"; then
         warn "$ETC_DIR/pedal.toml is refused (the lines above say why); the pedal will not start until it is fixed"
     fi
+fi
+# The web page's password: only its scrypt hash is stored, readable by root and pedal-web. Kept if
+# set; asked for on a terminal (or taken from PEDAL_WEB_PASSWORD); else the page refuses every login
+# until it is set (never a default password, never one baked into an image).
+webpw="$ETC_DIR/web-password"
+if [[ -f $(target "$webpw") ]]; then
+    note "$webpw is set (change it: sudo $venv/bin/python -m device.web passwd)"
+elif [[ $DO_VENV == 0 ]]; then
+    note "skipped: the web page's password (set it on the box: sudo $venv/bin/python -m device.web passwd)"
+elif [[ -n ${PEDAL_WEB_PASSWORD:-} ]]; then
+    printf '%s\n' "$PEDAL_WEB_PASSWORD" | run env PYTHONPATH="$OPT_DIR" "$venv/bin/python" -m device.web passwd --stdin --file "$webpw"
+elif [[ -t 0 && $DRY_RUN == 0 ]]; then
+    say "the web page's password (http://$(hostname).local:8080/)"
+    run env PYTHONPATH="$OPT_DIR" "$venv/bin/python" -m device.web passwd --file "$webpw" ||
+        warn "no web page password set: the page refuses every login until you run: sudo $venv/bin/python -m device.web passwd"
+else
+    warn "no web page password set (no terminal, no PEDAL_WEB_PASSWORD): the page refuses every login until you run: sudo $venv/bin/python -m device.web passwd"
 fi
 install_file "$CFG_DIR/asound.conf" /etc/asound.conf 0644
 install_file "$CFG_DIR/99-pedal-realtime.conf" /etc/security/limits.d/99-pedal-realtime.conf 0644
@@ -412,7 +439,7 @@ else
     if [[ -d /run/systemd/system ]]; then
         # An update of a running pedal takes effect now; a first install waits for the reboot
         # (the HAT overlay needs it).
-        run systemctl try-restart pedal.service
+        run systemctl try-restart pedal.service pedal-web.service
     fi
 fi
 
@@ -423,5 +450,6 @@ Next:
   2. copy a bundle:   scp comp4.pedal ${LOGIN_USER:-pi}@pedal.local:$STATE_DIR/bundles/
   3. check:           sudo systemctl start pedal-selftest; journalctl -u pedal-selftest -b
   4. play:            journalctl -u pedal -f
+  5. from a phone:    http://pedal.local:8080/  (password: sudo $OPT_DIR/venv/bin/python -m device.web passwd)
 Config: $ETC_DIR/pedal.toml    Guide: $OPT_DIR/firmware_cfg/README.md
 EOF

@@ -38,6 +38,7 @@ INSTALLED = {
     "systemd/pedal.service": "etc/systemd/system/pedal.service",
     "systemd/pedal-selftest.service": "etc/systemd/system/pedal-selftest.service",
     "systemd/pedal-cpu-performance.service": "etc/systemd/system/pedal-cpu-performance.service",
+    "systemd/pedal-web.service": "etc/systemd/system/pedal-web.service",
     "pedal.toml": "etc/pedal/pedal.toml",
     "README.md": "opt/pedal/firmware_cfg/README.md",
 }
@@ -171,7 +172,8 @@ def test_provision_enables_the_services(installed):
         pytest.skip("no systemctl here")
     root, *_ = installed
     wants = root / "etc/systemd/system/multi-user.target.wants"
-    assert sorted(p.name for p in wants.iterdir()) == ["pedal-cpu-performance.service", "pedal.service"]
+    assert sorted(p.name for p in wants.iterdir()) == ["pedal-cpu-performance.service", "pedal-web.service",
+                                                       "pedal.service"]
     assert os.readlink(wants / "pedal.service") == "/etc/systemd/system/pedal.service"
 
 
