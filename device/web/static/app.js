@@ -104,7 +104,7 @@ function meter(which, peakDb, rmsDb) {
   held[which] = Math.max(peakDb, held[which] - 6 * pollMs / 250);
   const pct = Math.min(100, Math.max(0, (held[which] + 60) / 60 * 100));  // -60..0 dBFS
   const fill = $("meter-" + which);
-  fill.style.width = pct.toFixed(1) + "%";
+  fill.style.width = (100 - pct).toFixed(1) + "%";  // the dark part right of the level
   fill.dataset.db = String(peakDb);
   $(which + "-db").textContent = peakDb <= -120 ? "silence" : `${peakDb.toFixed(1)} dB`;
 }
@@ -165,8 +165,8 @@ function show(p) {
   panel = p;
   uploadMax = p.upload_max_bytes;
   $("capture").textContent = p.capture
-    ? "Capture your own pedal: run `python -m device capture` on the box (not yet on this page)."
-    : "Capturing your own pedal is not on this box yet (this version has no `python -m device capture`).";
+    ? "Capturing your own pedal is not on this page yet: run python -m device capture on the box over ssh (docs/capture.md)."
+    : "Capturing your own pedal is not on this box yet (this version has no python -m device capture).";
   const d = p.daemon;
   if (!d) {
     $("daemon-message").textContent = p.daemon_error || "the pedal daemon does not answer";
@@ -186,7 +186,10 @@ function show(p) {
   showKnobs(d.knob_specs);
   showStatus(d, p.box);
   showBundles(p.bundles, d.bundle_source);
-  $("log").textContent = d.log.join("\n");
+  const log = $("log");
+  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.textContent = d.log.join("\n");
+  if (atEnd) log.scrollTop = log.scrollHeight;  // follow the newest lines unless the reader scrolled up
 }
 
 async function poll() {
