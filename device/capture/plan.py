@@ -89,6 +89,10 @@ def parse_knob(arg: str) -> KnobSpec:
         raise ValueError(f"{where}: unexpected {','.join(fields)!r}")
     if unit == CLOCK_UNIT and taper == "log":
         raise ValueError(f"{where}: a clock knob is linear in its travel; give no taper")
+    if hi <= lo and unit == CLOCK_UNIT:
+        how = "runs backwards" if hi < lo else "is no travel"
+        raise ValueError(f"{where}: {format_clock(lo)} to {format_clock(hi)} o'clock {how}: give the "
+                         "counter-clockwise end first (e.g. 9..3,clock)")
     if hi <= lo:
         raise ValueError(f"{where}: range {lo:g}..{hi:g} is empty (the first value must be the smaller)")
     mid = math.sqrt(lo * hi) if taper == "log" and lo > 0 else (lo + hi) / 2

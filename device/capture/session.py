@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -229,34 +231,67 @@ def play_and_record(duplex, audio: np.ndarray, record_frames: int, preroll_s: fl
 
 # --- the person at the pedal ---------------------------------------------------------------------
 class Confirm:
-    """Waits for Enter on the terminal or a press of the footswitch (device/switches.py)."""
+    """Waits for Enter on the terminal or a press of the footswitch (device/switches.py).
+
+    The terminal is read at the file descriptor (select + os.read), not through Python's buffered
+    stdin, so a line typed while a pass played can be told apart and dropped: it does not start
+    the next pass. ``wait(prompt)`` drops it before it prints the prompt, so an answer to the
+    prompt, however quick, is never taken for one of those."""
 
     def __init__(self, footswitch_gpio: int | None = None, stream=None, pin_factory=None):
-        self.stream = stream if stream is not None else sys.stdin
+        stream = stream if stream is not None else sys.stdin
+        try:
+            self.fd: int | None = stream.fileno()
+        except (AttributeError, ValueError, OSError):  # no terminal (a service): the footswitch alone
+            self.fd = None
+        self.typed = b""
         self.pressed = threading.Event()
         self.footswitch = None
         if footswitch_gpio is not None:
             from ..switches import Footswitch
             self.footswitch = Footswitch(footswitch_gpio, on_short=self.pressed.set, pin_factory=pin_factory)
 
-    def wait(self) -> bool:
-        """True: go; False: the person typed q (or the terminal closed and no footswitch is there)."""
+    def _read(self, timeout_s: float) -> bool:
+        """Whatever the terminal has within ``timeout_s`` into ``typed``; -> False at its end."""
+        if not select.select([self.fd], [], [], timeout_s)[0]:
+            return True
+        data = os.read(self.fd, 4096)
+        self.typed += data
+        return bool(data)
+
+    def discard(self) -> None:
+        """Forget what was typed or stomped so far (while the last pass played)."""
         self.pressed.clear()
+        if self.fd is not None and os.isatty(self.fd):  # a line half typed, too (Enter would send it)
+            try:
+                termios.tcflush(self.fd, termios.TCIFLUSH)
+            except termios.error:
+                pass
+        while self.fd is not None and select.select([self.fd], [], [], 0)[0]:
+            if not os.read(self.fd, 4096):
+                self.fd = None  # end of input
+        self.typed = b""
+
+    def wait(self, prompt: str | None = None) -> bool:
+        """Print ``prompt``, then wait. True: go; False: the person typed q (or the terminal closed
+        and no footswitch is there). What was typed or stomped before the prompt does not count."""
+        self.discard()
+        if prompt is not None:
+            print(prompt, flush=True)
         while True:
             if self.pressed.is_set():
                 return True
-            try:
-                ready = select.select([self.stream], [], [], 0.05)[0]
-            except (ValueError, OSError):  # no selectable stream: the footswitch alone
-                ready = []
+            if self.fd is None:
+                if self.footswitch is None:
+                    return False
                 time.sleep(0.05)
-            if ready:
-                line = self.stream.readline()
-                if not line:  # end of input
-                    if self.footswitch is None:
-                        return False
-                    self.stream = None
-                    continue
+                continue
+            if not self._read(0.05):
+                self.fd = None  # end of input: the footswitch alone, if there is one
+                continue
+            if b"\n" in self.typed:
+                line = self.typed.split(b"\n", 1)[0].decode(errors="replace")
+                self.typed = b""
                 return line.strip().lower() not in ("q", "quit")
 
     def close(self) -> None:
@@ -372,12 +407,18 @@ class Session:
         if self.confirm is None:
             print(text.strip().split(":")[0], flush=True)
             return True
-        print(text, flush=True)
-        return self.confirm.wait()
+        return self.confirm.wait(text)
 
     def play(self, audio: np.ndarray, stop_when=None) -> tuple[np.ndarray, int, int]:
         """-> (recording, xruns, frames recorded before a stop)"""
-        duplex = self.make_duplex()
+        from ..audio import AlsaError
+        try:
+            duplex = self.make_duplex()
+        except AlsaError as e:
+            if "busy" not in str(e).lower():
+                raise
+            raise AlsaError(f"{e}\n  (is the daemon still running? It holds the sound card: "
+                            "sudo systemctl stop pedal)") from None
         try:
             max_lag = int(self.limits.max_latency_ms * self.rate / 1000)
             rec, xruns, box, frames = play_and_record(duplex, audio, len(audio) + max_lag, priority=self.priority,
