@@ -1,7 +1,7 @@
 """Benchmark: how many captured knob settings does a model need, and does the plan matter?
 
     python -m training.bench_capture [--effects comp4 drive] [--settings 8 16 32 64]
-                                     [--plans lhs random] [--minutes 3] [--seconds 60]
+                                     [--plans lhs lhs0 random] [--minutes 3] [--seconds 60] [--nearest]
 
 For each effect, captures are made the way ``python -m device capture`` makes them (the same
 signal, checks and writer, device/capture), with the catalogue effect standing in for the pedal
@@ -11,6 +11,13 @@ or uniform random draws), each trained for ``--minutes``; every model is then te
 capture at ``--test-settings`` random settings none of them saw (seeded apart), on its Test part
 (audio no model trained on). Results: out/bench/capture.json and a markdown table
 (out/bench/capture.md). Ratios within one run are what to read: the machine is shared.
+
+``--nearest`` trains nothing (seconds, not hours): it asks what the plan alone is worth. Each
+held-out setting is answered by the captured setting nearest to it in knob travel (a lookup table
+of the captures, the crudest model a capture allows), and the ESR of that answer against the
+held-out setting's own output on the Test part is reported, with the plan's coverage (the mean and
+worst distance from a random setting to the nearest captured one, in knob travel 0..1 per knob),
+over ``--plan-seeds`` plans of each kind. Results: out/bench/capture-nearest.{json,md}.
 """
 from __future__ import annotations
 
@@ -72,7 +79,7 @@ def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dic
     data = a.out / "data" / f"{effect.name}-{plan_kind}-{n}"
     if data.exists():
         shutil.rmtree(data)
-    plan = make_plan(list(effect.knobs), n, seed=a.seed, kind=plan_kind)
+    plan = make_plan(list(effect.knobs), n, **plan_kwargs(plan_kind, a.seed))
     simulate_capture(effect, data, plan, a.seconds, log=log)
     run = a.out / "runs" / f"capture-{effect.name}-{plan_kind}-{n}"
     t0 = time.time()
@@ -88,6 +95,96 @@ def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dic
     return row
 
 
+PLANS = {"lhs": "Latin hypercube, 5 values per knob (the capture's default)",
+         "lhs0": "Latin hypercube, a value per setting (--levels 0)", "random": "uniform random draws"}
+
+
+def plan_kwargs(kind: str, seed: int) -> dict:
+    return {"seed": seed, "kind": "random" if kind == "random" else "lhs", "levels": 0 if kind == "lhs0" else 5}
+
+
+def positions(specs, plan) -> np.ndarray:
+    return np.array([[k.to_normalized(v) for k, v in zip(specs, row)] for row in plan])
+
+
+def nearest_setting(effect, n: int, plan_kind: str, plan_seed: int, test_plan: list, render, test_range,
+                    probes: np.ndarray) -> dict:
+    """The plan's coverage and the held-out ESR of answering each held-out setting with the
+    captured setting nearest to it (no model)."""
+    specs = list(effect.knobs)
+    plan = make_plan(specs, n, **plan_kwargs(plan_kind, plan_seed))
+    pos, test_pos = positions(specs, plan), positions(specs, test_plan)
+
+    def nearest(points):
+        d = np.sqrt(((points[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+        return d.min(1), d.argmin(1)
+
+    cover, _ = nearest(probes)
+    a, b = test_range
+    esrs = []
+    for setting, j in zip(test_plan, nearest(test_pos)[1]):
+        target, guess = render(tuple(setting))[a:b], render(tuple(plan[j]))[a:b]
+        esrs.append(float(np.sum((guess - target) ** 2) / max(float(np.sum(target ** 2)), 1e-12)))
+    return {"effect": effect.name, "plan": plan_kind, "settings": n, "plan_seed": plan_seed,
+            "esr_mean": float(np.mean(esrs)), "esr_median": float(np.median(esrs)), "esr_worst": float(np.max(esrs)),
+            "cover_mean": float(cover.mean()), "cover_worst": float(cover.max())}
+
+
+def run_nearest(a) -> list[dict]:
+    from device.capture.signal import make_signal
+    sig = make_signal(a.seconds)
+    played = (sig.audio * 10 ** (-10.0 / 20)).astype(np.float32)  # the capture's default --level-db
+    ranges = sig.split_ranges()
+    # the effect renders the Val part (its state settles: a 1 s release, a filter) and then the Test part
+    start, (ta, tb) = ranges["Val"][0], ranges["Test"]
+    test_range = (ta - start, tb - start)
+    rows = []
+    for name in a.effects:
+        effect = get_effect(name)
+        specs = list(effect.knobs)
+        cache: dict[tuple, np.ndarray] = {}
+
+        def render(setting):
+            if setting not in cache:
+                if len(cache) > 800:  # random plans never repeat a setting: keep the memory bounded
+                    for k in [k for k in cache if k not in targets][:400]:
+                        del cache[k]
+                cache[setting] = effect.render(played[start:tb], sig.sample_rate, list(setting))
+            return cache[setting]
+
+        test_plan = make_plan(specs, a.test_settings, seed=10_000 + a.seed, kind="random")
+        targets = {tuple(s) for s in test_plan}
+        x = played[ta:tb]
+        dry = [float(np.sum((x - render(tuple(s))[test_range[0]:]) ** 2) / np.sum(render(tuple(s))[test_range[0]:] ** 2))
+               for s in test_plan]
+        probes = np.random.default_rng(20_000 + a.seed).uniform(0, 1, (4000, len(specs)))
+        for n in a.settings:
+            for kind in a.plans:
+                runs = [nearest_setting(effect, n, kind, a.seed + s, test_plan, render, test_range, probes)
+                        for s in range(a.plan_seeds)]
+                row = {"effect": name, "plan": kind, "settings": n, "plan_seeds": a.plan_seeds,
+                       "test_settings": a.test_settings, "seconds": a.seconds, "dry_esr_mean": float(np.mean(dry)),
+                       **{k: float(np.mean([r[k] for r in runs])) for k in
+                          ("esr_mean", "esr_median", "esr_worst", "cover_mean", "cover_worst")},
+                       "esr_mean_spread": [float(min(r["esr_mean"] for r in runs)),
+                                           float(max(r["esr_mean"] for r in runs))]}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def nearest_table(rows: list[dict]) -> str:
+    lines = ["| effect | plan | settings | nearest-setting ESR, mean (range over plans) | median | worst | "
+             "coverage: mean / worst distance | dry ESR |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r["effect"], r["settings"], r["plan"])):
+        lo, hi = r["esr_mean_spread"]
+        lines.append(f"| {r['effect']} | {r['plan']} | {r['settings']} | {r['esr_mean']:.3f} ({lo:.3f}..{hi:.3f}) | "
+                     f"{r['esr_median']:.3f} | {r['esr_worst']:.3f} | {r['cover_mean']:.3f} / {r['cover_worst']:.3f} | "
+                     f"{r['dry_esr_mean']:.3f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| effect | plan | settings | held-out ESR mean | median | worst | dry ESR mean | steps |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -101,7 +198,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--effects", nargs="+", default=["comp4", "drive"])
     ap.add_argument("--settings", nargs="+", type=int, default=[8, 16, 32, 64])
-    ap.add_argument("--plans", nargs="+", choices=("lhs", "random"), default=["lhs", "random"])
+    ap.add_argument("--plans", nargs="+", choices=tuple(PLANS), default=["lhs", "random"],
+                    help="; ".join(f"{k}: {v}" for k, v in PLANS.items()))
     ap.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     ap.add_argument("--seconds", type=float, default=60.0, help="capture signal length per setting")
     ap.add_argument("--test-settings", type=int, default=16, help="held-out random settings of the test capture")
@@ -109,8 +207,18 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-data", action="store_true", help="keep each training capture (~11 MB per setting-minute)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
+    ap.add_argument("--nearest", action="store_true", help="no training: the plan's coverage and the ESR of "
+                    "answering each held-out setting with the nearest captured one")
+    ap.add_argument("--plan-seeds", type=int, default=5, help="--nearest: plans of each kind to average over")
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.nearest:
+        rows = run_nearest(a)
+        (a.out / "capture-nearest.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows},
+                                                               indent=1))
+        (a.out / "capture-nearest.md").write_text(nearest_table(rows) + "\n")
+        print(nearest_table(rows))
+        return
     res_path = a.out / "capture.json"
     rows = json.loads(res_path.read_text())["rows"] if res_path.exists() else []
     for name in a.effects:

@@ -6,6 +6,8 @@ as on the box (device/capture; training.bench_capture.simulate_capture), with th
 offline instead of through ALSA (tests/device/test_capture.py covers the real-time path). Then the host's own
 checks (python -m training.recordings, the first step of `make pedal DATA=DIR`) and loader read it.
 """
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -86,3 +88,22 @@ def test_a_knob_knocked_during_a_pass_and_a_humming_cable_are_caught(capture):
     print(check.summary(LATENCY))
     assert any(p.startswith("noise floor") for p in check.problems)
     assert check_pass(sig, pedal_return(played, plan[0], rng), level, Limits(), LATENCY).ok
+
+
+def test_the_plans_coverage_benchmark_runs_without_training(tmp_path, capsys):
+    """make bench-capture's --nearest mode (no training): a row per effect, size and plan, the
+    nearest captured setting answering every held-out one; captured settings answer themselves."""
+    from training.bench_capture import main, nearest_setting
+
+    main(["--nearest", "--effects", "drive", "--settings", "4", "8", "--plans", "lhs", "lhs0", "random",
+          "--plan-seeds", "1", "--test-settings", "4", "--seconds", "8", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "capture-nearest.json").read_text())["rows"]
+    assert [(r["settings"], r["plan"]) for r in rows] == [(n, p) for n in (4, 8) for p in ("lhs", "lhs0", "random")]
+    assert all(0 < r["cover_mean"] <= r["cover_worst"] and np.isfinite(r["esr_mean"]) for r in rows)
+    assert "| drive | lhs0 | 8 |" in (tmp_path / "capture-nearest.md").read_text()
+    effect = CATALOGUE["drive"]
+    plan = make_plan(list(effect.knobs), 4)
+    x = np.random.default_rng(0).standard_normal(4800).astype(np.float32) * 0.1
+    row = nearest_setting(effect, 4, "lhs", 0, plan, lambda s: effect.render(x, 48000, list(s)), (0, 4800),
+                          np.random.default_rng(0).uniform(0, 1, (100, 3)))
+    assert row["esr_worst"] == 0.0  # the held-out settings are the captured ones
