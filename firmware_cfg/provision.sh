@@ -13,7 +13,7 @@
 #      group "pedal" for the web page (pedal-web.service)
 #   3. device/ -> /opt/pedal/device, requirements/device.txt -> /opt/pedal/requirements/
 #   4. /opt/pedal/venv: python3 -m venv, pip install -r requirements/device.txt
-#   5. /etc/pedal/pedal.toml (kept if you edited it), /etc/asound.conf, limits.d, systemd units,
+#   5. /etc/pedal/pedal.toml (kept if you edited it), /etc/asound.conf, limits.d, modules-load.d, systemd units,
 #      NetworkManager Wi-Fi power saving off, the boot config block in /boot/firmware/config.txt
 #      the web page's password (asked once on a terminal, or PEDAL_WEB_PASSWORD; stored as a hash)
 #   6. systemctl enable pedal.service pedal-cpu-performance.service pedal-web.service
@@ -121,7 +121,7 @@ done
 
 [[ -d $SRC_DIR/device ]] || die "no device/ package under $SRC_DIR (set PEDAL_SRC to the repository)"
 [[ -f $SRC_DIR/requirements/device.txt ]] || die "missing $SRC_DIR/requirements/device.txt"
-for f in pedal.toml asound.conf 99-pedal-realtime.conf config.txt.append \
+for f in pedal.toml asound.conf 99-pedal-realtime.conf config.txt.append modules-load.d/pedal.conf \
          NetworkManager/99-pedal-wifi-powersave.conf "${UNITS[@]/#/systemd/}"; do
     [[ -f $CFG_DIR/$f ]] || die "missing $CFG_DIR/$f"
 done
@@ -298,6 +298,8 @@ else
 fi
 install_file "$CFG_DIR/asound.conf" /etc/asound.conf 0644
 install_file "$CFG_DIR/99-pedal-realtime.conf" /etc/security/limits.d/99-pedal-realtime.conf 0644
+# i2c-dev, spidev, snd loaded at boot: pedal.service's DeviceAllow= needs their device classes
+install_file "$CFG_DIR/modules-load.d/pedal.conf" /etc/modules-load.d/pedal.conf 0644
 install_file "$CFG_DIR/NetworkManager/99-pedal-wifi-powersave.conf" \
     /etc/NetworkManager/conf.d/99-pedal-wifi-powersave.conf 0644
 for u in "${UNITS[@]}"; do

@@ -9,11 +9,14 @@ import ctypes.util
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from device.config import PRECISIONS, check_knob_names, load_config
@@ -34,6 +37,7 @@ I2S_GPIOS = {18, 19, 20, 21}  # PCM_CLK, PCM_FS, PCM_DIN, PCM_DOUT: taken by any
 INSTALLED = {
     "asound.conf": "etc/asound.conf",
     "99-pedal-realtime.conf": "etc/security/limits.d/99-pedal-realtime.conf",
+    "modules-load.d/pedal.conf": "etc/modules-load.d/pedal.conf",
     "NetworkManager/99-pedal-wifi-powersave.conf": "etc/NetworkManager/conf.d/99-pedal-wifi-powersave.conf",
     "systemd/pedal.service": "etc/systemd/system/pedal.service",
     "systemd/pedal-selftest.service": "etc/systemd/system/pedal-selftest.service",
@@ -281,6 +285,129 @@ def test_systemd_analyze_verify_would_catch_a_misspelt_key(tmp_path):
     (broken / "pedal.service").write_text(text)
     rc, complaints = _verify(broken, tmp_path)
     assert "Unknown key 'WatchdogSecs'" in complaints
+
+
+# --- the services' sandbox (docs/security.md) --------------------------------------------------------
+
+SANDBOXED = ["pedal.service", "pedal-selftest.service"]
+DEVICE_CLASSES = {"char-alsa", "char-spi", "char-i2c", "char-gpiochip"}  # ALSA, MCP3008, ADS1115, footswitch/LED
+
+
+def exposure(unit: Path, tmp_path: Path) -> tuple[float, str]:
+    """systemd-analyze security's overall exposure (0 = locked down, 10 = exposed) for a unit file."""
+    work = tmp_path / f"sec-{unit.name}"
+    work.mkdir()
+    (work / unit.name).write_text(unit.read_text())
+    out = sh(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit.name], cwd=work, check=False)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout + out.stderr)
+    assert m, out.stdout + out.stderr
+    return float(m[1]), out.stdout
+
+
+def allowed_syscalls(unit: dict) -> set[str]:
+    """The system calls a unit's SystemCallFilter= lines allow, groups expanded by systemd-analyze."""
+    def expand(name: str) -> set[str]:
+        if not name.startswith("@"):
+            return {name}
+        listing = sh(["systemd-analyze", "syscall-filter", "--no-pager", name]).stdout.splitlines()[1:]
+        return set().union(*(expand(w.strip()) for w in listing if w.strip() and not w.strip().startswith("#")))
+    allowed: set[str] = set()
+    for line in unit["Service"]["SystemCallFilter"]:
+        names = set().union(*(expand(w) for w in line.lstrip("~").split()))
+        allowed = allowed - names if line.startswith("~") else allowed | names
+    return allowed
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+@pytest.mark.parametrize("name", SANDBOXED)
+def test_the_pedal_services_are_sandboxed_to_an_exposure_below_1(name, tmp_path):
+    """8.2 ("EXPOSED") before the sandbox; what is left is what the pedal needs (docs/security.md)."""
+    score, report = exposure(UNITS / name, tmp_path)
+    print(f"{name}: exposure {score}")
+    assert score <= 1.0, report
+
+
+def test_the_sandbox_keeps_what_the_pedal_needs():
+    unit = parse_unit(UNITS / "pedal.service")
+    svc = unit["Service"]
+    cfg = load_config(FIRMWARE / "pedal.toml")
+    # its own user, and the groups that own its devices
+    assert one(unit, "Service", "User") == "pedal" and one(unit, "Service", "Group") == "pedal"
+    assert set(one(unit, "Service", "SupplementaryGroups").split()) == {"audio", "gpio", "spi", "i2c"}
+    # exactly its devices
+    assert one(unit, "Service", "DevicePolicy") == "closed"
+    assert {v.split()[0] for v in svc["DeviceAllow"]} == DEVICE_CLASSES
+    assert "PrivateDevices" not in svc  # would hide /dev/snd, /dev/spidev0.0, /dev/i2c-1, /dev/gpiochip0
+    # real time and locked memory by limits, with no capability at all
+    assert int(one(unit, "Service", "LimitRTPRIO")) >= cfg.realtime.priority
+    assert one(unit, "Service", "LimitMEMLOCK") == "infinity"
+    assert one(unit, "Service", "CapabilityBoundingSet") == "" and one(unit, "Service", "NoNewPrivileges") == "yes"
+    assert svc.get("RestrictRealtime", ["no"]) == ["no"]  # "yes" would refuse the audio thread its priority
+    assert one(unit, "Service", "CPUSchedulingPolicy") == "fifo"
+    # the status socket and systemd's notify socket are AF_UNIX; nothing else, no network
+    assert one(unit, "Service", "RestrictAddressFamilies") == "AF_UNIX"
+    assert one(unit, "Service", "PrivateNetwork") == "yes"
+    # writable: its runtime and state folders and a private /tmp, nothing else
+    assert one(unit, "Service", "ProtectSystem") == "strict" and one(unit, "Service", "PrivateTmp") == "yes"
+    assert one(unit, "Service", "RuntimeDirectory") == "pedal" and one(unit, "Service", "StateDirectory") == "pedal"
+    assert str(cfg.status.socket).startswith("/run/pedal/")
+    assert str(cfg.model.bundle).startswith("/var/lib/pedal/")
+    # the device classes exist when systemd resolves DeviceAllow= at start
+    assert "systemd-modules-load.service" in one(unit, "Unit", "After")
+    modules = [w for w in (FIRMWARE / "modules-load.d/pedal.conf").read_text().splitlines()
+               if w.strip() and not w.startswith("#")]
+    assert {"i2c-dev", "spidev", "snd"} <= set(modules)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_the_system_call_filter_lets_the_daemon_set_its_priority_and_lock_its_memory():
+    allowed = allowed_syscalls(parse_unit(UNITS / "pedal.service"))
+    assert {"sched_setscheduler", "sched_setparam", "sched_setaffinity", "mlockall", "ioctl", "mmap", "poll",
+            "socket", "sendto", "bind", "listen", "accept4", "mknodat", "clone3", "futex"} <= allowed
+    assert not {"setuid", "mount", "reboot", "init_module", "ptrace", "setrlimit", "ioprio_set"} & allowed
+    selftest = allowed_syscalls(parse_unit(UNITS / "pedal-selftest.service"))
+    assert "sched_setscheduler" not in selftest and "ioctl" in selftest
+
+
+@pytest.mark.skipif(shutil.which("strace") is None or shutil.which("systemd-analyze") is None,
+                    reason="needs strace and systemd-analyze")
+def test_every_system_call_the_daemon_makes_is_in_its_filter(tmp_path, bundle_path):
+    """The daemon traced while it plays (file-backed PCMs), answers the status socket and
+    hot-swaps a bundle: every call it makes is one its unit allows. (The Pi's own drivers, lgpio,
+    spidev and the ADS1115's smbus2, speak through ioctl, which is allowed.)"""
+    rc = tmp_path / "asoundrc"
+    (tmp_path / "in.raw").write_bytes(np.zeros((4800, 2), np.float32).tobytes())
+    rc.write_text(f'pcm.filecap {{ type file slave.pcm "null" file "/dev/null" infile "{tmp_path}/in.raw" format "raw" }}\n'
+                  f'pcm.fileplay {{ type file slave.pcm "null" file "{tmp_path}/out.raw" format "raw" }}\n')
+    sock = Path(f"/tmp/pd-{os.getpid()}-strace.sock")
+    trace = tmp_path / "strace.txt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{rc}"}
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-c", "-o", str(trace), sys.executable, "-m", "device", "run",
+                             "--bundle", str(bundle_path), "--capture", "filecap", "--playback", "fileplay",
+                             "--period", "128", "--priority", "0", "--status-socket", str(sock)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        from device.daemon import query_status
+        deadline = time.monotonic() + 60
+        while not sock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert query_status(sock)["effect"]
+        assert query_status(sock, f"load {bundle_path}")["ok"]
+        deadline = time.monotonic() + 60
+        while query_status(sock)["swaps"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():  # the daemon, under strace
+            os.kill(int(pid), signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    used = {line.split()[-1] for line in trace.read_text().splitlines()[2:]
+            if line.strip() and not line.startswith("-") and line.split()[-1] != "total"}
+    assert {"ioctl", "mlockall", "sched_setscheduler"} <= used  # it did play, lock and set priorities
+    assert used - allowed_syscalls(parse_unit(UNITS / "pedal.service")) == set()
 
 
 # --- ALSA --------------------------------------------------------------------------------------------
