@@ -158,6 +158,13 @@ bench-soak: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 128 --bundle $(SOAK_BUNDLE) --out out/bench/soak-128.json
 	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 64 --bundle $(SOAK_BUNDLE) --out out/bench/soak-64.json
 
+# the engine's work per period (64, 128, 256 frames) against the model's bare invokes, interleaved
+# in one run, this thread's CPU time (docs/realtime.md; a few seconds)
+.PHONY: bench-step
+bench-step: .venv-device/.stamp $(TESTKIT)/tiny.pedal
+	@mkdir -p out/bench
+	$(DEV) -m device.bench_step --bundle $(SOAK_BUNDLE) --periods 64 128 256 | tee out/bench/step.json
+
 # the daemon's per-period work with the web page open and polling (headless Chromium), with a plain
 # HTTP poller, and with no client, in one run of one daemon on the JACK dummy (about 3.5 minutes)
 WEB_BLOCK_S ?= 20

@@ -228,6 +228,7 @@ def cmd_run(a) -> int:
         order = np.arange(daemon.periods_done - n, daemon.periods_done) % daemon.ring  # oldest first
         if str(a.stats).endswith(".npz"):
             np.savez(a.stats, work_s=daemon.work_s[order], t_period=daemon.t_period[order],
+                     model_s=daemon.model_s[order],
                      xrun_at=daemon.xrun_at[:min(daemon.xruns, len(daemon.xrun_at))], xruns=daemon.xruns,
                      xrun_kinds=np.array(daemon.xrun_kinds), period=duplex.period, periods=duplex.periods,
                      rate=duplex.rate, device_lost=daemon.device_lost)

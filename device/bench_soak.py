@@ -12,14 +12,18 @@ rewires for the new clients, is left out):
 
 - the daemon's own per-period work (period arrived -> output queued): median, p99, p99.9 and
   max as a fraction of the period, and how many periods took longer than a period (a pause of
-  the daemon's own making);
+  the daemon's own making); of it, the model's steps (recorded by the daemon per period) and
+  the rest, the daemon's own;
 - late periods: a period that arrived more than one period after the one before (the loop was
   held up, by itself or by the machine);
 - xruns on the ALSA side (the daemon's count, by kind) and on the JACK side (the server's xrun
   notifications, through the fake card's xrun callback).
 
-Speed is judged as a comparison in one run, never pass/fail: these machines are shared and
-stall for milliseconds at times (RECIPES.md, "Real-time audio from Python").
+At the end it says which of the goals this run met (DESIGN.md, issue 12): ALSA xruns no more
+than the pass-through's, work p99.9 <= 30 % of the period, median work <= the pass-through's plus
+1.5x the model's share. Speed is judged as a comparison in one run, never pass/fail: these
+machines are shared and stall for milliseconds at times (RECIPES.md, "Real-time audio from
+Python"; docs/realtime.md).
 """
 from __future__ import annotations
 
@@ -103,6 +107,7 @@ def one_pass(label: str, run_args: list[str], server: JackServer, card: FakeCard
     period_s = int(z["period"]) / int(z["rate"])
     i0, i1 = st0["periods"], min(st1["periods"], len(z["work_s"]))
     work = z["work_s"][i0:i1].astype(np.float64) / period_s
+    model = z["model_s"][i0:i1].astype(np.float64) / period_s if "model_s" in z else np.zeros_like(work)
     gaps = np.diff(z["t_period"][i0:i1]) / period_s  # 1.0 = on time
     alsa = {k: st1["xrun_kinds"][k] - st0["xrun_kinds"][k] for k in st1["xrun_kinds"]}
     return {"label": label, "seconds": round(time.monotonic() - t0, 1), "periods": int(i1 - i0),
@@ -110,6 +115,8 @@ def one_pass(label: str, run_args: list[str], server: JackServer, card: FakeCard
             "work_median": float(np.median(work)), "work_p99": float(np.percentile(work, 99)),
             "work_p999": float(np.percentile(work, 99.9)), "work_max": float(work.max()),
             "work_over_one_period": int((work > 1.0).sum()),
+            "model_median": float(np.median(model)), "model_p999": float(np.percentile(model, 99.9)),
+            "own_median": float(np.median(work - model)), "own_p999": float(np.percentile(work - model, 99.9)),
             "late_periods": int((gaps > 2.0).sum()), "worst_gap_ms": float(gaps.max() * period_s * 1000),
             "xruns_alsa": int(st1["xruns"] - st0["xruns"]), "xruns_alsa_kinds": alsa,
             "xruns_jack": int(jack1 - jack0), "engine_faults": st1["engine_faults"],
@@ -125,6 +132,9 @@ def report(results: list[dict]) -> str:
             ("work p99.9", *[f"{100 * r['work_p999']:.1f}%" for r in results]),
             ("work max", *[f"{100 * r['work_max']:.1f}%" for r in results]),
             ("work > one period", *[f"{r['work_over_one_period']}" for r in results]),
+            ("  of it the model's steps, median", *[f"{100 * r['model_median']:.1f}%" for r in results]),
+            ("  the rest (the daemon's own), median", *[f"{100 * r['own_median']:.1f}%" for r in results]),
+            ("  the rest, p99.9", *[f"{100 * r['own_p999']:.1f}%" for r in results]),
             ("late periods (> 2 periods apart)", *[f"{r['late_periods']}" for r in results]),
             ("worst gap between periods", *[f"{r['worst_gap_ms']:.1f} ms" for r in results]),
             ("xruns ALSA (daemon's count)", *[f"{r['xruns_alsa']} ({r['xruns_per_minute_alsa']:.2f}/min)"
@@ -134,6 +144,22 @@ def report(results: list[dict]) -> str:
                                               for r in results])]
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{r[0]:<{w}}  " + "  ".join(f"{c:>22}" for c in r[1:]) for r in rows)
+
+
+def goals(results: list[dict]) -> str:
+    """The daemon against DESIGN.md's and issue 12's goals, measured in this run (a report, not a test)."""
+    d = next((r for r in results if r["label"] == "daemon"), None)
+    p = next((r for r in results if r["label"] == "pass-through"), None)
+    if d is None or p is None:
+        return ""
+    allowed = p["work_median"] + 1.5 * d["model_median"]
+    lines = [("xruns (ALSA) no more than the pass-through's", f"{d['xruns_alsa']} vs {p['xruns_alsa']}",
+              d["xruns_alsa"] <= p["xruns_alsa"]),
+             ("work p99.9 <= 30% of the period", f"{100 * d['work_p999']:.1f}%", d["work_p999"] <= 0.30),
+             ("work median <= pass-through's + 1.5 x the model's", f"{100 * d['work_median']:.1f}% vs "
+              f"{100 * p['work_median']:.1f}% + 1.5 x {100 * d['model_median']:.1f}% = {100 * allowed:.1f}%",
+              d["work_median"] <= allowed)]
+    return "\n".join(f"{'met' if ok else 'NOT met':>7}  {what}: {figure}" for what, figure, ok in lines)
 
 
 def main(argv=None) -> int:
@@ -170,6 +196,7 @@ def main(argv=None) -> int:
     print(f"\nsoak: {a.minutes:g} min per pass, period {a.period} x {a.periods} at {rate} Hz "
           f"({1000 * a.period / rate:.2f} ms), other core {'idle' if a.no_busy else 'busy'}, bundle {a.bundle}")
     print(report(results))
+    print(goals(results))
     print(f"(logs and per-period stats in {workdir})")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The pedal daemon: ALSA capture -> engine -> ALSA playback, knobs, footswitch, LED, faults.
 
-Two threads. The audio thread does nothing but read a period, run the engine hop by hop and
+Two threads. The audio thread does nothing but read a period, run the engine over it and
 write the period (no allocation of buffers, no file I/O, no logging, no locks; real-time
 priority and locked memory where the system allows). The monitor thread does everything else:
 logs what the audio thread counted (xruns, a lost device, engine faults), answers the status
@@ -124,6 +124,16 @@ class AutomationKnobs:
     def at(self, hop_index: int) -> np.ndarray:
         return self.rows[min(hop_index, len(self.rows) - 1)]
 
+    def block(self, hop_index: int, hops: int) -> np.ndarray:
+        """The rows of ``hops`` hops from ``hop_index`` (hops, K), the last row held past the end."""
+        end = len(self.rows)
+        if hop_index + hops <= end:
+            return self.rows[hop_index:hop_index + hops]
+        if hop_index >= end - 1:
+            return self.rows[-1]
+        # the automation ends inside this period (once)
+        return np.concatenate([self.rows[hop_index:], np.repeat(self.rows[-1:], hop_index + hops - end, 0)])
+
 
 class LiveKnobs:
     """Knob positions from a KnobPoller (pots, MIDI, file): the poller thread writes, we read."""
@@ -134,6 +144,9 @@ class LiveKnobs:
     def at(self, hop_index: int) -> np.ndarray:
         return self.positions
 
+    def block(self, hop_index: int, hops: int) -> np.ndarray:
+        return self.positions  # held for the period; the engine glides towards it
+
 
 class PassThrough:
     """An engine that does nothing: input to output. ``run --passthrough`` checks the audio path
@@ -141,6 +154,7 @@ class PassThrough:
 
     bundle = None
     mix, fault_hops, bypassed = 1.0, 0, False
+    model_s = 0.0
 
     def __init__(self, hop: int = 64, sample_rate: int = 48000):
         self.hop, self.sample_rate = hop, sample_rate
@@ -150,6 +164,14 @@ class PassThrough:
     def process_hop(self, x: np.ndarray, knob_positions: np.ndarray) -> np.ndarray:
         self.counts["hops"] += 1
         return x
+
+    def process(self, x: np.ndarray, knob_positions: np.ndarray, out: np.ndarray) -> np.ndarray:
+        out[:] = x
+        self.counts["hops"] += len(x) // self.hop
+        return out
+
+    def prepare(self, x, out) -> None:
+        pass
 
     def set_bypass(self, on: bool) -> None:
         self.bypassed = on
@@ -229,14 +251,14 @@ class Daemon:
         self.engine, self.duplex, self.knobs = engine, duplex, knobs
         P, H = duplex.period, engine.hop
         self.hops_per_period = P // H
-        self.in_views = [duplex.mono_in[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
         self.out_period = np.zeros(P, np.float32)
-        self.out_views = [self.out_period[h * H:(h + 1) * H] for h in range(self.hops_per_period)]
+        engine.prepare(duplex.mono_in, self.out_period)  # the engine cuts the period into hops once
         self.period_s = P / duplex.rate
         # Rings the audio thread writes and the monitor (or `run --stats`) reads: one entry per period.
         self.ring = max(int(stats_periods), 1024)
         self.work_s = np.zeros(self.ring, np.float32)  # read returned -> period encoded for playback
         self.t_period = np.zeros(self.ring, np.float64)  # perf_counter() when each period arrived
+        self.model_s = np.zeros(self.ring, np.float32)  # of work_s, the model's steps (the engine's model_s)
         self.xrun_at = np.zeros(256, np.int64)  # periods_done at each xrun
         # After the card comes back, the output fades in from silence (the input restarts mid-waveform).
         fade_n = max(1, int(fade_ms * duplex.rate / 1000))
@@ -283,6 +305,7 @@ class Daemon:
         self.running = True
         self.work_s.fill(0.0)  # touch every page now: a first write to a fresh page is a pause
         self.t_period.fill(0.0)
+        self.model_s.fill(0.0)
         gc.collect()
         gc.freeze()
         gc.disable()  # the loop creates no cyclic garbage; a collection would be a pause of our own making
@@ -299,11 +322,8 @@ class Daemon:
                         self.stall_s = 0.0
                     if self.pending is not None:
                         self._swap_step()
-                    engine, hop_index = self.engine, self.hop_index
-                    for h in range(hops):
-                        self.out_views[h][:] = engine.process_hop(self.in_views[h], self.knobs.at(hop_index))
-                        hop_index += 1
-                    self.hop_index = hop_index
+                    self.engine.process(d.mono_in, self.knobs.block(self.hop_index, hops), self.out_period)
+                    self.hop_index += hops
                     if self.fade_left:
                         self.out_period *= self.fade_views[self.fade_periods - self.fade_left]
                         self.fade_left -= 1
@@ -311,6 +331,7 @@ class Daemon:
                     i = self.periods_done % self.ring
                     self.work_s[i] = time.perf_counter() - d.t_in
                     self.t_period[i] = d.t_in
+                    self.model_s[i] = self.engine.model_s
                     if d.write_encoded() < 0:
                         self._xrun(XRUN_PLAYBACK)
                         continue
@@ -419,6 +440,7 @@ class Daemon:
                 engine = Engine(bundle, **self.engine_kwargs)
                 engine.budget_s = getattr(self.engine, "budget_s", 0.0)
                 warm_up(engine)  # its first invokes are slow: not in the audio thread's period
+                engine.prepare(self.duplex.mono_in, self.out_period)
                 t.append(time.perf_counter())
                 log.debug("bundle %s: loaded in %.0f ms, golden vectors %.0f ms, engine %.0f ms", path,
                           *(1000 * np.diff(t)))

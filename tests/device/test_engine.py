@@ -155,3 +155,36 @@ def test_a_turned_knob_makes_no_zipper_noise(bundle):
     out = Engine(bundle).render(x, rows)
     steady = Engine(bundle).render(x, heavy_knobs(bundle, n))
     assert max_step(out) <= max(max_step(x), max_step(steady)) * 1.05 + 1e-4
+
+
+@pytest.mark.parametrize("hops_per_period", [2, 4])
+def test_a_period_of_several_hops_sounds_as_hop_by_hop(bundle, hops_per_period):
+    """The daemon hands the engine a whole ALSA period (the knob glide, output check and mix then
+    run once per period); what comes out is what the hop-by-hop path makes, through a knob jump,
+    a bypass and back, a live knob held for the period, and a glide that settled long ago."""
+    x = loud_sine(1152 * 64 / 48000)  # 1152 hops: whole periods of 2 and 4 hops
+    n = len(x) // 64
+    rows = heavy_knobs(bundle, n)
+    rows[: n // 3, 0] = bundle.manifest.knobs[0].to_normalized(-10.0)
+    toggles = {400: True, 500: False}  # on period boundaries, as the daemon sees them
+    by_hop, by_period = Engine(bundle), Engine(bundle)
+    for e in (by_hop, by_period):
+        e.prime(rows[0])
+    want = np.empty_like(x)
+    for t in range(n):
+        if t in toggles:
+            by_hop.set_bypass(toggles[t])
+        want[t * 64:(t + 1) * 64] = by_hop.process_hop(x[t * 64:(t + 1) * 64], rows[t])
+    P = 64 * hops_per_period
+    x_period, out = np.zeros(P, np.float32), np.zeros(P, np.float32)  # the same buffers every call, as the daemon's
+    got = np.empty_like(x)
+    for t in range(0, n, hops_per_period):
+        if t in toggles:
+            by_period.set_bypass(toggles[t])
+        x_period[:] = x[t * 64:t * 64 + P]
+        knobs = rows[t] if t >= n // 2 else rows[t:t + hops_per_period]  # held per period, or one row per hop
+        got[t * 64:t * 64 + P] = by_period.process(x_period, knobs, out)
+    assert np.abs(want - x).max() > 0.2  # the wet signal is far from the dry one
+    assert np.array_equal(got, want)  # bit for bit
+    assert by_period.counts["hops"] == by_hop.counts["hops"] == n
+    assert by_period.drain_events() == by_hop.drain_events() == ["bypass on", "bypass off"]
