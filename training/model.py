@@ -54,8 +54,10 @@ class ModelConfig:
     #                     0 = none, y = gain x input (a compressor is exactly that, and learns faster)
     fir_scale: float = 0.1  # the taps move 10x slower than the gain: level belongs to the gain path
     shaper_units: int = 0  # nonlinear path: tanh units per sample; 0 = none
-    shaper_pre_taps: int = 16  # its fixed (learned) pre-filter
-    shaper_post_taps: int = 32  # its frame-steered post-filter (tone stack, level)
+    shaper_pre_taps: int = 128  # its fixed (learned) pre-filter (2.7 ms: an input high-pass, a mid hump)
+    shaper_post_taps: int = 32  # its frame-steered post-filter (fine tone, level)
+    shaper_bank: int = 4  # long fixed (learned) post-filters mixed per frame: tone knobs, tone stacks,
+    shaper_bank_taps: int = 256  # cabinets (a 400 Hz low-pass rings for ms, beyond 32 taps' reach)
     delay_lines: int = 0  # recursive delay lines (echo, time alignment); 0 = none
     delay_min: int = 129  # shortest delay, samples (> the block the offline form recurses over)
     delay_max: int = 24129  # longest delay, samples (the state holds this much of each line)
@@ -248,6 +250,38 @@ def steered_fir(past, c, c_prev, ramp):
     return before + (now - before) * ramp
 
 
+def lowpass_bank(n: int, taps: int, sample_rate: int) -> torch.Tensor:
+    """(n, taps), oldest tap first: impulse responses of 2-pole Butterworth low-passes (causal, no
+    added delay, as an analogue tone control rings) at cut-offs log-spaced from 300 Hz to 6 kHz,
+    truncated to ``taps`` and scaled to unity gain at DC."""
+    out = torch.zeros(n, taps, dtype=torch.float64)
+    for i, fc in enumerate(np.geomspace(300.0, 6000.0, n)):
+        w = 2 * math.pi * fc / sample_rate
+        alpha = math.sin(w) / math.sqrt(2.0)  # Q = 1/sqrt(2)
+        a0, a1, a2 = 1 + alpha, -2 * math.cos(w), 1 - alpha
+        b = [(1 - math.cos(w)) / 2, 1 - math.cos(w), (1 - math.cos(w)) / 2]
+        y1 = y2 = 0.0
+        h = []
+        for t in range(taps):
+            x0, x1, x2 = (t == 0), (t == 1), (t == 2)
+            y = (b[0] * x0 + b[1] * x1 + b[2] * x2 - a1 * y1 - a2 * y2) / a0
+            h.append(y)
+            y1, y2 = y, y1
+        h = torch.tensor(h, dtype=torch.float64)
+        out[i] = (h / h.sum()).flip(0)  # newest tap last
+    return out.float()
+
+
+def toeplitz(h, H: int):
+    """Filters h (F, K), oldest tap first -> (H + K - 1, F * H): a segment of K - 1 past samples
+    and H new ones, times this, gives each filter's H outputs (filter f in columns f*H..f*H+H-1)."""
+    Fn, K = h.shape
+    k = torch.arange(H + K - 1)[:, None] - torch.arange(H)[None, :]  # (H + K - 1, H): tap index
+    valid = (k >= 0) & (k < K)
+    cols = h[:, k.clamp(0, K - 1)] * valid  # (F, H + K - 1, H)
+    return cols.permute(1, 0, 2).reshape(H + K - 1, Fn * H)
+
+
 def tree_sum(v):
     """(..., L) -> (..., 1): the last axis summed in pairwise halves, in the same order of additions
     whatever the leading shape (a batch of frames offline, one frame streaming)."""
@@ -290,8 +324,8 @@ class SignalTrainPi(nn.Module):
         self.fir_head = nn.Linear(d, cfg.fir_taps) if cfg.fir_taps else None
         J = cfg.shaper_units
         if J:
-            # per frame: pre-gain g (1), unit biases beta (J), post-filter taps (post_taps)
-            self.shaper_head = nn.Linear(d + cfg.n_knobs, 1 + J + cfg.shaper_post_taps)
+            # per frame: pre-gain g (1), unit biases beta (J), post-filter taps (post_taps), bank mix (bank)
+            self.shaper_head = nn.Linear(d + cfg.n_knobs, 1 + J + cfg.shaper_post_taps + cfg.shaper_bank)
             pre = torch.zeros(cfg.shaper_pre_taps)
             pre[-1] = 1.0  # oldest tap first: the newest tap is the identity
             self.shaper_pre = nn.Parameter(pre)
@@ -304,6 +338,10 @@ class SignalTrainPi(nn.Module):
             ident = torch.zeros(cfg.shaper_post_taps)
             ident[-1] = 1.0
             self.register_buffer("shaper_identity", ident, persistent=False)
+            if cfg.shaper_bank:
+                # the bank starts as low-passes at log-spaced cut-offs (300 Hz .. 6 kHz), mixed in at
+                # zero: the chain starts where it did without, and a tone knob has a direction to go
+                self.shaper_bank = nn.Parameter(lowpass_bank(cfg.shaper_bank, cfg.shaper_bank_taps, cfg.sample_rate))
         self.delay_head = None
         if cfg.delay_lines:
             # A delay time is a setting: it comes from the knobs alone (steered by the attention
@@ -356,8 +394,10 @@ class SignalTrainPi(nn.Module):
         if cfg.shaper_units:
             z = self.shaper_head(hk)
             J = cfg.shaper_units
+            Kq = cfg.shaper_post_taps
             out["shaper"] = torch.cat([m * torch.tanh(z[..., :1] / m), 2.0 * torch.tanh(z[..., 1:1 + J]),
-                                       cfg.fir_scale * z[..., 1 + J:] + self.shaper_identity], dim=-1)
+                                       cfg.fir_scale * z[..., 1 + J:1 + J + Kq] + self.shaper_identity,
+                                       z[..., 1 + J + Kq:]], dim=-1)
         if self.delay_head is not None:
             z = self.delay_head(hk)
             n = cfg.delay_lines
@@ -457,8 +497,9 @@ class SignalTrainPi(nn.Module):
         hd = self.heads(h, knobs)
         # per-sample values where the path needs them sample by sample (the filters ramp their outputs instead)
         per_sample = {"gain": hd["gain"]}
-        if "shaper" in hd:
-            per_sample["shaper"] = hd["shaper"][..., :1 + cfg.shaper_units]  # pre-gain, unit biases
+        if "shaper" in hd:  # pre-gain, unit biases, bank mix
+            J, Kq = cfg.shaper_units, cfg.shaper_post_taps
+            per_sample["shaper"] = torch.cat([hd["shaper"][..., :1 + J], hd["shaper"][..., 1 + J + Kq:]], dim=-1)
         if "delay" in hd:
             per_sample["delay"] = hd["delay"]
         ramped = {k: ramp_between(F.pad(v[:, :-1], (0, 0, 1, 0)), v, self.ramp) for k, v in per_sample.items()}  # (B, T, H, C)
@@ -478,10 +519,16 @@ class SignalTrainPi(nn.Module):
             r = ramped["shaper"]
             u = torch.exp(r[..., 0]) * pre.view(B, T, H)
             z = self.waveshape(u, r[..., 1:1 + J]).reshape(B, N)
-            p = hd["shaper"][..., 1 + J:]
+            p = hd["shaper"][..., 1 + J:1 + J + Kq]
             past = F.pad(z, (Kq - 1, 0)).unfold(1, Kq, 1).reshape(B * T, H, Kq)
-            y = y + gain * steered_fir(past, p.reshape(B * T, Kq), F.pad(p[:, :-1], (0, 0, 1, 0)).reshape(B * T, Kq),
-                                       self.ramp).view(B, T, H)
+            post = steered_fir(past, p.reshape(B * T, Kq), F.pad(p[:, :-1], (0, 0, 1, 0)).reshape(B * T, Kq),
+                               self.ramp).view(B, T, H)
+            if cfg.shaper_bank:
+                Kb = cfg.shaper_bank_taps
+                zb = F.conv1d(F.pad(z, (Kb - 1, 0))[:, None], self.shaper_bank[:, None])  # (B, bank, N)
+                for i in range(cfg.shaper_bank):  # one at a time: the streaming form's order of additions
+                    post = post + zb[:, i].view(B, T, H) * r[..., 1 + J + i]
+            y = y + gain * post
         if "delay" in hd:
             y = y + self._delay_offline(x, ramped["delay"].reshape(B, N, -1))
         return y.reshape(B, N)
@@ -560,8 +607,8 @@ class StepModel(nn.Module):
         if cfg.fir_taps:
             parts.append(("fir_prev", (cfg.fir_taps,)))
         if cfg.shaper_units:
-            parts += [("shaper_prev", (1 + cfg.shaper_units + cfg.shaper_post_taps,)),
-                      ("shaper_z", (cfg.shaper_post_taps - 1,))]
+            parts += [("shaper_prev", (1 + cfg.shaper_units + cfg.shaper_post_taps + cfg.shaper_bank,)),
+                      ("shaper_z", (self.z_taps - 1,))]
         if cfg.delay_lines:
             parts += [("delay_prev", (3 * cfg.delay_lines,)), ("delay_lines", (cfg.delay_lines, self.line_length))]
         if cfg.attention == "sparse":
@@ -570,12 +617,25 @@ class StepModel(nn.Module):
                 for lv, (_, M) in enumerate(cfg.memory_levels):
                     parts += [(f"b{i}.k_mem{lv}", (M, d)), (f"b{i}.v_mem{lv}", (M, d)),
                               (f"b{i}.k_acc{lv}", (d,)), (f"b{i}.v_acc{lv}", (d,))]
+        if cfg.shaper_units:
+            # the long filters' banded matrices, made once from the weights as they are now (the
+            # step form is built for export after training): constants, as the converter needs
+            with torch.no_grad():
+                self.register_buffer("pre_matrix", toeplitz(model.shaper_pre[None], cfg.hop), persistent=False)
+                if cfg.shaper_bank:
+                    self.register_buffer("bank_matrix", toeplitz(model.shaper_bank, cfg.hop), persistent=False)
         self.layout, off = [], 0
         for name, shape in parts:
             size = math.prod(shape)
             self.layout.append({"name": name, "offset": off, "size": size, "shape": list(shape)})
             off += size
         self.state_size = off
+
+    @property
+    def z_taps(self) -> int:
+        """Samples of the shaper's output the post-filters read (the newest included)."""
+        cfg = self.m.cfg
+        return max(cfg.shaper_post_taps, cfg.shaper_bank_taps if cfg.shaper_bank else 0)
 
     @property
     def line_length(self) -> int:
@@ -620,11 +680,19 @@ class StepModel(nn.Module):
             cur, prev = hd["shaper"], parts["shaper_prev"]
             new["shaper_prev"] = cur
             r = prev + (cur - prev) * m.ramp[:, None]  # (H, C) per-sample values
-            pre = (self._past(frame, Kp) @ m.shaper_pre[:, None])[:, 0]  # (H,)
+            # long filters as one matmul by their banded (Toeplitz) matrix: one op, not K slices
+            pre = (frame[:, frame.shape[1] - H - Kp + 1:] @ self.pre_matrix)[0]  # (H,)
             z = m.waveshape(torch.exp(r[:, 0]) * pre, r[:, 1:1 + J])[None]  # (1, H)
-            zs = torch.cat([parts["shaper_z"], z], dim=1)  # (1, H + Kq - 1)
+            Kz = self.z_taps
+            zs = torch.cat([parts["shaper_z"], z], dim=1)  # (1, H + Kz - 1)
             new["shaper_z"] = zs[:, H:]
-            out = out + gain * self._fir(self._slices(zs, Kq), cur[:, 1 + J:], prev[:, 1 + J:])
+            post = self._fir(self._slices(zs[:, Kz - Kq:], Kq), cur[:, 1 + J:1 + J + Kq], prev[:, 1 + J:1 + J + Kq])
+            if cfg.shaper_bank:
+                Kb = cfg.shaper_bank_taps
+                zb = zs[:, Kz - Kb:] @ self.bank_matrix  # (1, bank * H)
+                for i in range(cfg.shaper_bank):
+                    post = post + zb[:, i * H:(i + 1) * H] * r[:, 1 + J + Kq + i][None]
+            out = out + gain * post
         if "delay" in hd:
             out = out + self._delay_step(audio, hd["delay"], parts, new)
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)
@@ -691,8 +759,9 @@ def macs_per_second(cfg: ModelConfig) -> float:
     per_frame += cfg.n_blocks * (attn + 2 * d * f)
     per_frame += d * (1 + cfg.fir_taps) + cfg.hop * (2 + 2 * cfg.fir_taps)  # heads, gain, FIR and its ramp
     if cfg.shaper_units:
-        C = 1 + cfg.shaper_units + cfg.shaper_post_taps
-        per_frame += d * C + cfg.hop * (C + cfg.shaper_pre_taps + 4 * cfg.shaper_units + 2 * cfg.shaper_post_taps)
+        C = 1 + cfg.shaper_units + cfg.shaper_post_taps + cfg.shaper_bank
+        per_frame += d * C + cfg.hop * (C + cfg.shaper_pre_taps + 4 * cfg.shaper_units + 2 * cfg.shaper_post_taps
+                                        + cfg.shaper_bank * (cfg.shaper_bank_taps + 1))
     if cfg.delay_lines:
         per_frame += d * 3 * cfg.delay_lines + cfg.hop * cfg.delay_lines * 12  # heads, ramps, two reads, lerp, feedback
     return per_frame * cfg.sample_rate / cfg.hop
