@@ -239,7 +239,7 @@ class Confirm:
     prompt, however quick, is never taken for one of those."""
 
     def __init__(self, footswitch_gpio: int | None = None, stream=None, pin_factory=None):
-        stream = stream if stream is not None else sys.stdin
+        self.stream = stream = stream if stream is not None else sys.stdin  # held: its fd closes with it
         try:
             self.fd: int | None = stream.fileno()
         except (AttributeError, ValueError, OSError):  # no terminal (a service): the footswitch alone

@@ -15,6 +15,9 @@ then). Commands, one per line on stdin, each answered ``ok`` on stdout once it i
     fault NAME                  none | clip (the box's input clips) | silent (a cable out) |
                                 late (a JACK period more latency: a buffer slipped)
     missed                      -> the number of JACK cycles its callback missed so far
+    xruns                       -> the xruns the JACK server reported so far (any client's: the
+                                   box's ALSA plugin runs a JACK thread too, and one not scheduled
+                                   in time leaves a period of stale audio that ALSA never reports)
 
 The effect is numpy alone (the device environment has no pedalboard) and renders offline with the
 same code (``render_offline``), so the test can compare a capture with the pedal sample for sample.
@@ -67,9 +70,13 @@ class FakePedal:
         self.latency, self.period = latency, period
         self.delay = np.zeros(latency)
         self.fault, self.bypass = "none", False
-        self.next_frame, self.missed = None, 0
+        self.next_frame, self.missed, self.xruns = None, 0, 0
         self.lock = threading.Lock()  # commands change several fields; the callback sees them all or none
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+
+    def _xrun(self, delayed_usecs: float) -> None:  # JACK's notification thread, not the audio one
+        self.xruns += 1
 
     def _process(self, frames: int) -> None:
         t = self.client.last_frame_time
@@ -102,6 +109,8 @@ class FakePedal:
                 self.fault = args[0]
             elif word == "missed":
                 return f"ok {self.missed}"
+            elif word == "xruns":
+                return f"ok {self.xruns}"
             else:
                 return f"error: unknown command {line!r}"
         return "ok"

@@ -10,7 +10,8 @@ the plug (SIGKILL) and runs the same command again, which must carry on where it
 
 The fake pedal is numpy alone (the device environment has no pedalboard), and the same code
 renders it offline, so the recorded pairs can be compared with what the pedal does, sample for
-sample, once the capture has removed the latency.
+sample, once the capture has removed the latency. Outside, that is, the periods a JACK glitch of
+the rig spoiled (a client not scheduled in time on a loaded machine; docs/capture.md, Measured).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from device.capture.signal import make_signal
 from device.jackrig import JackServer, write_asoundrc
 
 from .conftest import REPO
-from .fake_pedal import render_offline
+from .fake_pedal import TAPS, render_offline
 from .jackkit import jack_env
 
 pytestmark = pytest.mark.skipif(shutil.which("jackd") is None, reason="needs jackd (apt-get install jackd2)")
@@ -68,6 +69,19 @@ class PedalProcess:
     def __exit__(self, *exc):
         self.proc.stdin.close()
         self.proc.wait(10)
+
+
+def rig_glitches(pedal: PedalProcess) -> int:
+    return int(pedal.send("missed").split()[1]) + int(pedal.send("xruns").split()[1])
+
+
+def glitch_bursts(off: np.ndarray, gap: int = 2 * TAPS) -> list[tuple[int, int]]:
+    """Runs of samples that are off, closer than ``gap`` to one another merged: [(start, end)]."""
+    idx = np.flatnonzero(off)
+    if not len(idx):
+        return []
+    cut = np.flatnonzero(np.diff(idx) > gap)
+    return [(int(idx[a]), int(idx[b]) + 1) for a, b in zip(np.r_[0, cut + 1], np.r_[cut, len(idx) - 1])]
 
 
 class Player:
@@ -138,7 +152,7 @@ def test_capture_a_pedal_through_the_box(jack_server, tmp_path):
     env = jack_env(jack_server, rc)
     plug_pulled = False
     log: list[str] = []
-    missed = []  # (pass, cycles the fake pedal's callback missed while it played): its own glitch, not the box's
+    missed = []  # (pass, JACK cycles missed or late while it played): the rig's glitches, not the capture's
     with PedalProcess(jack_server.name, PEDAL_LATENCY) as pedal:
         player = Player(args, env)
         while True:
@@ -153,10 +167,10 @@ def test_capture_a_pedal_through_the_box(jack_server, tmp_path):
                 if n:
                     pedal.send("knobs " + " ".join(map(str, state["plan"][n - 1])))
                 pedal.send("fault " + (faults[n][0] if n in faults and n not in caught else "none"))
-                missed_before = int(pedal.send("missed").split()[1])
+                before = rig_glitches(pedal)
                 player.answer()
                 continue
-            missed.append((n, int(pedal.send("missed").split()[1]) - missed_before))
+            missed.append((n, rig_glitches(pedal) - before))
             if not detail and n in faults and n not in caught:
                 last = state["attempts"][-1]
                 if any(p.startswith(faults[n][1]) for p in last["problems"]):
@@ -190,22 +204,36 @@ def test_capture_a_pedal_through_the_box(jack_server, tmp_path):
     played = sig.audio * 10 ** (state["level_db"] / 20)
     rows = (out / "knobs.csv").read_text().splitlines()
     assert rows[0] == "input,target,drive_db,tone,level,split" and len(rows) == 1 + 3 * 3
-    glitched = {n for n, m in dict(missed).items() if m}  # (a pass's last result is its good one)
-    print(f"cycles the fake pedal's callback missed, per result: {missed}")
-    assert len(glitched) <= 1, "the fake pedal glitched in most passes: the machine is too loaded to judge"
-    worst = -np.inf
+    # A JACK cycle missed or late (the fake pedal's, or the JACK thread of the box's ALSA plugin,
+    # which ALSA never reports as an xrun) leaves one period of stale audio in the pass: a burst
+    # of at most a period plus the pedal's filter, with the samples around it exact. A capture
+    # that is off by a sample or a gain, or loses a period, is off everywhere after. So each pair
+    # must equal the pedal's output outside at most two such bursts per glitch the rig reported.
+    excused = dict(missed)  # (a pass's last result is its good one)
+    print(f"JACK glitches (cycles missed + xruns) while each result played: {missed}")
+    first, last = sig.split_ranges()["Train"][0], sig.split_ranges()["Test"][1]
+    worst, bursts_seen = -np.inf, 0
     for i, knobs in enumerate(state["plan"]):
-        if i + 1 in glitched:  # a period of the pedal's own garbage: not the capture's to find
-            continue
-        ref = render_offline(played, knobs)
+        ref = render_offline(played, knobs)[first:last]
+        ys = []
         for split, (a, b) in sig.split_ranges().items():
             x, _ = sf.read(out / "input" / f"{split}.wav", dtype="float32")
             y, sr = sf.read(out / state["passes"][i]["targets"][split], dtype="float32")
             assert sr == 48000 and len(x) == len(y) == b - a
             np.testing.assert_array_equal(x, played[a:b].astype(np.float32))
-            err = 10 * np.log10(np.sum((y - ref[a:b]) ** 2) / np.sum(ref[a:b] ** 2) + 1e-30)
-            worst = max(worst, err)
-    print(f"pairs vs the pedal's offline output: residual {worst:.1f} dB (worst of {3 * (3 - len(glitched))})")
+            ys.append(y)
+        y = np.concatenate(ys)  # Train, Val and Test follow one another in the signal
+        bursts = glitch_bursts(np.abs(y - ref) > 1e-5)
+        assert len(bursts) <= 2 * excused.get(i + 1, 0) and all(e - s <= PERIOD + 2 * TAPS for s, e in bursts), (
+            f"pass {i + 1}: the pair differs from the pedal's output at {bursts} (samples from the Train part's "
+            f"start), with {excused.get(i + 1, 0)} JACK glitch(es) reported while it played")
+        keep = np.ones(len(y), bool)
+        for s, e in bursts:
+            keep[s:e] = False
+        bursts_seen += len(bursts)
+        worst = max(worst, 10 * np.log10(np.sum((y - ref)[keep] ** 2) / np.sum(ref[keep] ** 2) + 1e-30))
+    print(f"pairs vs the pedal's offline output: residual {worst:.1f} dB, outside {bursts_seen} period(s) that "
+          "JACK glitches spoiled")
     assert worst < -100.0
     # what each pass measured
     for a in state["attempts"]:

@@ -153,3 +153,20 @@ def test_a_busy_sound_card_names_the_daemon():
     with pytest.raises(AlsaError) as e:
         Session(cap, missing, None, 0, 3, False).play(np.zeros(10))
     assert "daemon" not in str(e.value)
+
+
+def test_a_line_half_typed_on_the_terminal_during_a_pass_is_dropped_too():
+    """On a terminal a line reaches the program only with its Enter: a 'q' typed during the pass and
+    an Enter after the prompt would read as 'q' (stop). The tty's queue is flushed before the prompt."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        confirm = Confirm(stream=os.fdopen(slave, closefd=False))
+        os.write(master, b"q")
+        time.sleep(0.05)
+        threading.Timer(0.15, lambda: os.write(master, b"\n")).start()
+        assert confirm.wait() is True
+    finally:
+        os.close(master)
+        os.close(slave)
