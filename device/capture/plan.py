@@ -223,3 +223,41 @@ def make_plan(specs: list[KnobSpec], n: int, levels: int = 5, seed: int = 0, kin
 def moves(plan: list[list[float]]) -> list[int]:
     """Knobs that change between consecutive settings."""
     return [sum(1 for a, b in zip(p, q) if a != b) for p, q in zip(plan, plan[1:])]
+
+
+def extend_plan(specs: list[KnobSpec], plan: list[list[float]], settings, where: str) -> list[list[float]]:
+    """Settings to add to ``plan`` (physical values in the knobs' order, e.g. proposed by
+    ``python -m training.propose`` where models disagree most) -> the new ones, as a person can set
+    them, without those the plan has, ordered for few knob moves on from the plan's last setting."""
+    new: list[list[float]] = []
+    have = {tuple(row) for row in plan}
+    for j, row in enumerate(settings):
+        if not isinstance(row, (list, tuple)) or len(row) != len(specs):
+            raise ValueError(f"{where}: setting {j + 1} is {row!r}; expected {len(specs)} values "
+                             f"({', '.join(k.name for k in specs)})")
+        for k, v in zip(specs, row):
+            if not isinstance(v, (int, float)) or not k.minimum <= v <= k.maximum:
+                raise ValueError(f"{where}: setting {j + 1}: {k.name} = {v!r} lies outside "
+                                 f"{k.minimum:g}..{k.maximum:g}")
+        dialled = [float(dial_value(k, float(v))) for k, v in zip(specs, row)]
+        if tuple(dialled) not in have:
+            have.add(tuple(dialled))
+            new.append(dialled)
+    if len(new) < 2:
+        return new
+    pts = np.array([[k.to_normalized(v) for k, v in zip(specs, row)] for row in ([plan[-1]] if plan else []) + new])
+    if plan:  # start where the person left off: the order's first point is the plan's last setting
+        order = _order_from(pts, 0)
+        return [new[i - 1] for i in order[1:]]
+    return [new[i] for i in order_for_few_moves(pts)]
+
+
+def _order_from(pts: np.ndarray, start: int) -> list[int]:
+    """Nearest neighbour over "knobs moved" from ``start``."""
+    order, left = [start], set(range(len(pts))) - {start}
+    while left:
+        last = order[-1]
+        nxt = min(left, key=lambda j: (_move_cost(pts[last], pts[j]), j))
+        order.append(nxt)
+        left.remove(nxt)
+    return order

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..knobspec import KnobSpec
 from .checks import Limits, PassCheck, ReferenceCheck, check_pass, check_reference, early_stop
-from .plan import format_value, make_plan, moves, parse_knob, read_knobs_toml
+from .plan import extend_plan, format_value, make_plan, moves, parse_knob, read_knobs_toml
 from .signal import SIGNAL_VERSION, CaptureSignal, make_signal
 
 FORMAT = "signaltrain-pi capture"
@@ -342,6 +342,30 @@ def _open_duplex(a):
                                a.channels, a.input_channel, list(range(a.channels)))), a.rate, None
 
 
+def add_settings(cap: Capture, path) -> int:
+    """Append the settings of a ``python -m training.propose`` file (JSON: ``knobs``, ``settings``)
+    to the capture's plan, as pending passes; -> how many were new."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--add {path}: {e}") from None
+    names = [k.name for k in cap.specs]
+    if not isinstance(d, dict) or d.get("knobs") != names or not isinstance(d.get("settings"), list):
+        raise ValueError(f"--add {path}: expected settings for the knobs {names} "
+                         f"(a JSON object with 'knobs' and 'settings'), got knobs {d.get('knobs') if isinstance(d, dict) else None}")
+    new = extend_plan(cap.specs, cap.state["plan"], d["settings"], f"--add {path}")
+    st = cap.state
+    st["plan"] += new
+    st["passes"] += [None] * len(new)
+    st["plan_info"].setdefault("added", []).append({"from": str(path), "settings": len(new),
+                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                    **({"how": d["how"]} if "how" in d else {})})
+    cap.save()
+    print(f"added {len(new)} settings from {path} ({len(d['settings']) - len(new)} already in the plan)", flush=True)
+    return len(new)
+
+
 def run(a) -> int:
     out = Path(a.out)
     make_duplex, rate, cfg_footswitch = _open_duplex(a)
@@ -356,9 +380,13 @@ def run(a) -> int:
                                  "to start anew, choose another --out")
         if cap.signal.sample_rate != rate:
             raise ValueError(f"{out} was captured at {cap.signal.sample_rate} Hz; the audio interface runs at {rate}")
+        if a.add:
+            add_settings(cap, a.add)
         done = len(cap.state["plan"]) - len(cap.pending)
         print(f"carrying on {out}: {done} of {len(cap.state['plan'])} settings captured", flush=True)
         cap.write_csv()  # in case the power went between the progress and the table
+    elif a.add:
+        raise ValueError(f"--add: {out} holds no capture yet; capture a first plan, train on it, then add to it")
     else:
         effect, description, specs = _specs_from_args(a)
         if not specs:
@@ -501,6 +529,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--plan", choices=("lhs", "random"), default="lhs", help="Latin hypercube, or random draws")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--seconds", type=float, default=60.0, help="length of the capture signal per setting")
+    g.add_argument("--add", type=Path, metavar="FILE", help="to an existing capture: add the settings of FILE "
+                   "(python -m training.propose: where a first ensemble of models disagrees most) and carry on")
     g.add_argument("--level-db", type=float, default=-10.0, help="play the signal this much below its own level")
     g = p.add_argument_group("the audio interface (as `run`)")
     g.add_argument("--config", help="a pedal.toml: its [audio] and [footswitch]")

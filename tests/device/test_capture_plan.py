@@ -170,3 +170,16 @@ def test_a_line_half_typed_on_the_terminal_during_a_pass_is_dropped_too():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_settings_added_to_a_plan_are_dialled_checked_and_ordered_on_from_its_last():
+    from device.capture.plan import extend_plan
+
+    specs = [parse_knob(s) for s in ("drive=0..10", "tone=clock")]
+    plan = [[0.0, 7.0], [5.0, 12.0]]
+    new = extend_plan(specs, plan, [[10, 17], [5.1, 12.05], [5, 17], [0, 7]], "x")
+    assert new == [[5.0, 17.0], [10.0, 17.0]]  # 5.1 -> 5 (dialled) is in the plan already; [0, 7] too
+    with pytest.raises(ValueError, match="drive = 11 lies outside 0..10"):
+        extend_plan(specs, plan, [[11, 12]], "x")
+    with pytest.raises(ValueError, match="expected 2 values"):
+        extend_plan(specs, plan, [[1]], "x")

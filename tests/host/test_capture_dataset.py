@@ -107,3 +107,43 @@ def test_the_plans_coverage_benchmark_runs_without_training(tmp_path, capsys):
     row = nearest_setting(effect, 4, "lhs", 0, plan, lambda s: effect.render(x, 48000, list(s)), (0, 4800),
                           np.random.default_rng(0).uniform(0, 1, (100, 3)))
     assert row["esr_worst"] == 0.0  # the held-out settings are the captured ones
+
+
+def test_active_learning_proposes_where_an_ensemble_disagrees_and_the_capture_takes_them(capture, tmp_path):
+    """training.propose with two models of different seeds (untrained here: they disagree anyway;
+    the arithmetic is the same) -> a settings file -> the capture's plan grows by those settings,
+    pending, ordered for few moves, the captured ones untouched."""
+    import shutil
+
+    import torch
+
+    from device.capture.session import Capture, add_settings
+    from training.model import SignalTrainPi, tier_config
+    from training.propose import main as propose_main
+    from training.train import TrainConfig, save_checkpoint
+
+    root = tmp_path / "cap"
+    shutil.copytree(capture.root, root)
+    train_set = PairSet(root, "Train")
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = SignalTrainPi(tier_config("small", n_knobs=3, sample_rate=48000))
+        runs.append(tmp_path / f"run{seed}")
+        runs[-1].mkdir()
+        save_checkpoint(runs[-1] / "best.pt", model, TrainConfig(seed=seed), train_set, {})
+    assert propose_main(["--data", str(root), "--runs", *map(str, runs), "--add", "3", "--candidates", "24",
+                         "--seconds", "0.5"]) == 0
+    d = json.loads((root / "proposed.json").read_text())
+    assert d["knobs"] == ["drive_db", "tone_hz", "level_db"] and len(d["settings"]) == 3
+    assert d["disagreement"] == sorted(d["disagreement"], reverse=True) and d["disagreement"][-1] > 0
+    cap = Capture.load(root)
+    before = [list(r) for r in cap.state["plan"]]
+    assert not any(s in before for s in d["settings"])
+    csv_before = (root / "knobs.csv").read_text()
+    assert add_settings(cap, root / "proposed.json") == 3
+    cap = Capture.load(root)  # what the next run of the box reads
+    assert cap.state["plan"][:4] == before and sorted(cap.state["plan"][4:]) == sorted(d["settings"])
+    assert cap.pending == [4, 5, 6] and cap.state["plan_info"]["added"][0]["settings"] == 3
+    assert (root / "knobs.csv").read_text() == csv_before
+    assert add_settings(cap, root / "proposed.json") == 0  # the same file again: nothing new
