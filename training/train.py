@@ -473,15 +473,20 @@ def progress_bar(budget_s: float, done_s: float):
         return None
 
 
-def read_config(path: str | Path) -> dict:
-    """A TOML file's top-level keys as TrainConfig fields (checked by name, numbers as the field's type)."""
+def read_config(path: str | Path, strict: bool = True) -> dict:
+    """A TOML file's top-level keys as TrainConfig fields (checked by name, numbers as the field's
+    type). Unknown keys are an error, or (``strict=False``: a run folder's own config.toml, written
+    by an older trainer) left out with a warning."""
     import tomllib
     with open(path, "rb") as f:
         raw = tomllib.load(f)
     kinds = {f.name: type(f.default) for f in fields(TrainConfig)}
     unknown = sorted(set(raw) - set(kinds))
-    if unknown:
+    if unknown and strict:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; TrainConfig has {sorted(kinds)}")
+    if unknown:
+        print(f"warning: {path}: setting(s) {unknown} no longer exist; left out", file=sys.stderr)
+        raw = {k: v for k, v in raw.items() if k in kinds}
     return {k: kinds[k](v) if kinds[k] is float and isinstance(v, int) else v for k, v in raw.items()}
 
 
@@ -545,7 +550,7 @@ def parse_args(argv=None) -> TrainConfig:
     if known.resume:
         if not (Path(known.resume) / "config.toml").exists():
             raise SystemExit(f"--resume {known.resume}: no config.toml there (not a run folder of training.train)")
-        base.update(read_config(Path(known.resume) / "config.toml"))
+        base.update(read_config(Path(known.resume) / "config.toml", strict=False))
     if known.config:
         base.update(read_config(known.config))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
