@@ -150,13 +150,15 @@ bench-loader: .venv-host/.stamp $(DATA)/dataset.json
 	$(HOST) -m training.bench_loader --data $(DATA)
 
 # the daemon for SOAK_MINUTES at 128- and 64-frame periods on the JACK dummy, the other core busy,
-# beside a do-nothing pass-through (about 4 x SOAK_MINUTES + a minute)
+# beside a do-nothing pass-through, the two alternating in SOAK_ROUNDS rounds (about 4 x SOAK_MINUTES
+# + a minute)
 SOAK_MINUTES ?= 10
+SOAK_ROUNDS ?= 3
 SOAK_BUNDLE ?= $(TESTKIT)/tiny.pedal
 bench-soak: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	@mkdir -p out/bench
-	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 128 --bundle $(SOAK_BUNDLE) --out out/bench/soak-128.json
-	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --period 64 --bundle $(SOAK_BUNDLE) --out out/bench/soak-64.json
+	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --rounds $(SOAK_ROUNDS) --period 128 --bundle $(SOAK_BUNDLE) --out out/bench/soak-128.json
+	$(DEV) -m device.bench_soak --minutes $(SOAK_MINUTES) --rounds $(SOAK_ROUNDS) --period 64 --bundle $(SOAK_BUNDLE) --out out/bench/soak-64.json
 
 # the engine's work per period (64, 128, 256 frames) against the model's bare invokes, interleaved
 # in one run, this thread's CPU time (docs/realtime.md; a few seconds)

@@ -1,14 +1,16 @@
 """Soak benchmark: the daemon for minutes on end, in real time, with the other core busy, beside a
 do-nothing pass-through in the same conditions.
 
-    python -m device.bench_soak --minutes 10 --period 128 [--periods 2] [--bundle B] [--out report.json]
+    python -m device.bench_soak --minutes 10 --period 128 [--periods 2] [--rounds 3] [--bundle B] [--out report.json]
 
 Each pass runs ``python -m device run`` (under ``chrt -f 60``) through a JACK dummy server
 (device.jackrig: JACK plays a looping guitar-like signal into the daemon and takes its output)
-while a busy-loop process holds the last core. Pass 1 is the daemon with the model; pass 2 is
+while a busy-loop process holds the last core. One pass is the daemon with the model, the other
 ``run --passthrough`` (the same loop, the same ALSA path, no model): what this machine does to
-any real-time program. Measured over the steady part of each pass (the first second, when JACK
-rewires for the new clients, is left out):
+any real-time program. With ``--rounds N`` each is split into N passes, the two kinds
+alternating, so that load which comes and goes on a shared machine falls on both alike. Measured
+over the steady part of each pass (the first second, when JACK rewires for the new clients, is
+left out), the passes of a kind pooled:
 
 - the daemon's own per-period work (period arrived -> output queued): median, p99, p99.9 and
   max as a fraction of the period, and how many periods took longer than a period (a pause of
@@ -69,10 +71,12 @@ def busy_loop(cpu: int) -> subprocess.Popen:
 
 
 def one_pass(label: str, run_args: list[str], server: JackServer, card: FakeCard, asoundrc: Path, seconds: float,
-             workdir: Path, rate: int) -> dict:
+             workdir: Path, rate: int, name: str | None = None) -> dict:
+    """One daemon run, measured ``seconds`` once it plays: its per-period arrays and xrun counts."""
+    name = name or label
     sock = Path(tempfile.mkdtemp(prefix="soak", dir="/tmp")) / "s.sock"
-    stats = workdir / f"{label}.npz"
-    log_path = workdir / f"{label}.log"
+    stats = workdir / f"{name}.npz"
+    log_path = workdir / f"{name}.log"
     cmd = chrt_prefix(60) + [sys.executable, "-m", "device", "run", *run_args, "--capture", "jackcap",
                              "--playback", "jackplay", "--priority", "60", "--status-socket", str(sock),
                              "--seconds", f"{seconds + 3:.1f}", "--stats", str(stats)]
@@ -107,21 +111,34 @@ def one_pass(label: str, run_args: list[str], server: JackServer, card: FakeCard
     period_s = int(z["period"]) / int(z["rate"])
     i0, i1 = st0["periods"], min(st1["periods"], len(z["work_s"]))
     work = z["work_s"][i0:i1].astype(np.float64) / period_s
-    model = z["model_s"][i0:i1].astype(np.float64) / period_s if "model_s" in z else np.zeros_like(work)
-    gaps = np.diff(z["t_period"][i0:i1]) / period_s  # 1.0 = on time
-    alsa = {k: st1["xrun_kinds"][k] - st0["xrun_kinds"][k] for k in st1["xrun_kinds"]}
-    return {"label": label, "seconds": round(time.monotonic() - t0, 1), "periods": int(i1 - i0),
-            "period_frames": int(z["period"]), "periods_buffered": int(z["periods"]),
+    return {"label": label, "seconds": time.monotonic() - t0, "period_s": period_s,
+            "period_frames": int(z["period"]), "periods_buffered": int(z["periods"]), "work": work,
+            "model": z["model_s"][i0:i1].astype(np.float64) / period_s if "model_s" in z else np.zeros_like(work),
+            "gaps": np.diff(z["t_period"][i0:i1]) / period_s,  # 1.0 = on time
+            "xruns_alsa": int(st1["xruns"] - st0["xruns"]),
+            "xruns_alsa_kinds": {k: st1["xrun_kinds"][k] - st0["xrun_kinds"][k] for k in st1["xrun_kinds"]},
+            "xruns_jack": int(jack1 - jack0), "engine_faults": st1["engine_faults"]}
+
+
+def summarize(passes: list[dict]) -> dict:
+    """The figures of one or more passes of the same kind, their periods pooled."""
+    p0 = passes[0]
+    work, model = np.concatenate([p["work"] for p in passes]), np.concatenate([p["model"] for p in passes])
+    gaps = np.concatenate([p["gaps"] for p in passes])
+    seconds = sum(p["seconds"] for p in passes)
+    xa, xj = sum(p["xruns_alsa"] for p in passes), sum(p["xruns_jack"] for p in passes)
+    return {"label": p0["label"], "passes": len(passes), "seconds": round(seconds, 1), "periods": len(work),
+            "period_frames": p0["period_frames"], "periods_buffered": p0["periods_buffered"],
             "work_median": float(np.median(work)), "work_p99": float(np.percentile(work, 99)),
             "work_p999": float(np.percentile(work, 99.9)), "work_max": float(work.max()),
             "work_over_one_period": int((work > 1.0).sum()),
             "model_median": float(np.median(model)), "model_p999": float(np.percentile(model, 99.9)),
             "own_median": float(np.median(work - model)), "own_p999": float(np.percentile(work - model, 99.9)),
-            "late_periods": int((gaps > 2.0).sum()), "worst_gap_ms": float(gaps.max() * period_s * 1000),
-            "xruns_alsa": int(st1["xruns"] - st0["xruns"]), "xruns_alsa_kinds": alsa,
-            "xruns_jack": int(jack1 - jack0), "engine_faults": st1["engine_faults"],
-            "xruns_per_minute_alsa": (st1["xruns"] - st0["xruns"]) / (seconds / 60),
-            "xruns_per_minute_jack": (jack1 - jack0) / (seconds / 60)}
+            "late_periods": int((gaps > 2.0).sum()), "worst_gap_ms": float(gaps.max() * p0["period_s"] * 1000),
+            "xruns_alsa": xa, "xruns_alsa_kinds": {k: sum(p["xruns_alsa_kinds"][k] for p in passes)
+                                                  for k in p0["xruns_alsa_kinds"]},
+            "xruns_jack": xj, "engine_faults": [p["engine_faults"] for p in passes],
+            "xruns_per_minute_alsa": xa / (seconds / 60), "xruns_per_minute_jack": xj / (seconds / 60)}
 
 
 def report(results: list[dict]) -> str:
@@ -172,36 +189,45 @@ def main(argv=None) -> int:
     ap.add_argument("--no-busy", action="store_true", help="leave the other core idle")
     ap.add_argument("--no-passthrough", action="store_true", help="skip the pass-through comparison pass")
     ap.add_argument("--cpu", type=int, default=-1, help="pin the daemon's audio thread to this core")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="split each pass into this many, daemon and pass-through alternating (load that comes "
+                         "and goes then falls on both alike)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
     rate = 48000
     seconds = a.minutes * 60
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     busy = None if a.no_busy else busy_loop(os.cpu_count() - 1)
-    results = []
+    passes: dict[str, list[dict]] = {"daemon": [], "pass-through": []}
+    rounds = max(1, a.rounds)
     try:
         with JackServer(period=a.period, rate=rate, log_path=workdir / "jackd.log") as server:
             asoundrc = write_asoundrc(workdir / "asoundrc")
             with FakeCard(server.name, guitar_like(), record_s=0, rate=rate) as card:
                 common = ["--period", str(a.period), "--periods", str(a.periods), "--cpu", str(a.cpu)]
-                results.append(one_pass("daemon", ["--bundle", a.bundle, *common], server, card, asoundrc, seconds,
-                                        workdir, rate))
-                if not a.no_passthrough:
-                    results.append(one_pass("pass-through", ["--passthrough", *common], server, card, asoundrc,
-                                            seconds, workdir, rate))
+                for r in range(rounds):
+                    passes["daemon"].append(one_pass("daemon", ["--bundle", a.bundle, *common], server, card, asoundrc,
+                                                     seconds / rounds, workdir, rate, f"daemon-{r}"))
+                    if not a.no_passthrough:
+                        passes["pass-through"].append(one_pass("pass-through", ["--passthrough", *common], server,
+                                                               card, asoundrc, seconds / rounds, workdir, rate,
+                                                               f"pass-through-{r}"))
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
-    print(f"\nsoak: {a.minutes:g} min per pass, period {a.period} x {a.periods} at {rate} Hz "
+    results = [summarize(p) for p in passes.values() if p]
+    print(f"\nsoak: {a.minutes:g} min per kind{f' in {rounds} alternating rounds' if rounds > 1 else ''}, "
+          f"period {a.period} x {a.periods} at {rate} Hz "
           f"({1000 * a.period / rate:.2f} ms), other core {'idle' if a.no_busy else 'busy'}, bundle {a.bundle}")
     print(report(results))
     print(goals(results))
     print(f"(logs and per-period stats in {workdir})")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"minutes": a.minutes, "period": a.period, "periods": a.periods,
-                                           "busy": not a.no_busy, "bundle": a.bundle, "results": results}, indent=1))
+        Path(a.out).write_text(json.dumps({"minutes": a.minutes, "rounds": rounds, "period": a.period,
+                                           "periods": a.periods, "busy": not a.no_busy, "bundle": a.bundle,
+                                           "results": results}, indent=1))
     return 0
 
 
