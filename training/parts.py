@@ -34,7 +34,7 @@ from .model import float16_exact
 
 THRESHOLDS = {
     "gain_only_residual": 0.01,  # per-frame best single gain leaves < 1% of the target: gain path only
-    "nonlinear_residual": 0.03,  # per-frame 32-tap linear fit leaves > 3%: add the shaper
+    "nonlinear_residual": 0.012,  # per-frame 32-tap linear fit leaves > 1.2%: add the shaper (amp 0.0145, drive 0.014, timing_inv 0.005, echo 0.0016)
     "delay_peak": 0.25,  # a pair's far peak reaches >= 25% of its IR's largest tap: it has a delay
     "delay_pairs": 0.25,
     "delay_floor": 100.0,  # ... and stands 100x above the median far tap (echoes: 110-3000x; chorus, phaser: mostly 7-90x)  # ... in at least a quarter of the pairs: add delay lines
