@@ -19,7 +19,7 @@ BUNDLE := build/$(EFFECT)
 DEMO := out/demo
 TESTKIT := build/testkit
 
-.PHONY: demo pedal pedal-steps test test-host test-device envs system-deps data train evaluate convert selftest clean distclean \
+.PHONY: demo pedal pedal-steps test test-host test-device test-pi envs system-deps data train evaluate convert selftest clean distclean \
         datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects bench-web
 
 # ---------------------------------------------------------------------------------------------------
@@ -123,6 +123,14 @@ test-host: .venv-host/.stamp $(TESTKIT)/tiny.pedal
 
 test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 	PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal $(DEV) -m pytest -q tests/device
+
+# the device side on the box's own OS, emulated: a Debian bookworm arm64 root (Raspberry Pi OS's
+# base, Python 3.11.2) under qemu-user with the Pi 4's CPU (PI_CPU=cortex-a76 for a Pi 5);
+# provision.sh run twice there (the second run must change nothing), then the device tests and the
+# self-test of every precision. Needs root and apt; the root is cached in build/pi-root. Too slow
+# for CI (README: Tests and benchmarks), so not part of `make test`.
+test-pi: $(TESTKIT)/tiny.pedal
+	$(SUDO) PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal tests/pi/test-pi.sh
 
 # a small trained-and-converted bundle the device tests run against (about a minute to make)
 $(TESTKIT)/tiny.pedal: training/model.py training/train.py training/data.py training/demo.py convert/pipeline.py tests/make_testkit.py | .venv-host/.stamp

@@ -3,7 +3,20 @@ from pathlib import Path
 
 import pytest
 
+from device.selftest import emulation
+
 REPO = Path(__file__).resolve().parents[2]
+
+# Under emulation (`make test-pi`: aarch64 under qemu-user, about 100x slower) a test that keeps
+# pace with a real-time sound card or waits a fixed time for a poller measures qemu, not the code.
+EMULATED = emulation()
+needs_real_time = pytest.mark.skipif(EMULATED is not None, reason=f"needs real time; {EMULATED} runs about 100x slower")
+
+
+def pytest_report_header(config):
+    if EMULATED:
+        return [f"emulated: {EMULATED}: tests marked needs_real_time are skipped (correctness only)"]
+    return []
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from device.daemon import AutomationKnobs, Daemon, query_status, sd_notify
 from device.engine import Engine
 from device.switches import StatusLED
 
-from .conftest import REPO
+from .conftest import REPO, needs_real_time
 from .helpers import max_step, wait_for
 from .memcard import MemCard
 
@@ -238,6 +238,7 @@ def test_a_bad_or_missing_bundle_is_refused_the_current_one_plays_on_and_the_led
     led.close()
 
 
+@needs_real_time  # a real-time card, or a poller given a fixed time
 def test_a_good_bundle_hot_swaps_with_a_crossfade(bundle, bundle_path):
     card = MemCard(sine(), period=P)
     d = make_daemon(bundle, card)
@@ -284,6 +285,7 @@ class NaNAt:
         return y
 
 
+@needs_real_time  # a real-time card, or a poller given a fixed time
 def test_nan_out_of_the_model_goes_dry_without_a_burst_and_the_daemon_recovers(bundle, pins, caplog):
     caplog.set_level(logging.INFO, logger="pedal")
     led = StatusLED(18)

@@ -13,7 +13,7 @@ from device.__main__ import main
 from device.config import load_config
 from device.pots import PotCalibration
 
-from .conftest import REPO
+from .conftest import REPO, needs_real_time
 
 CONFIG = """# my pedal
 [audio]
@@ -76,6 +76,7 @@ def test_knobs_shows_raw_position_and_value_with_its_unit(setup):
     assert rows["release_ms"][2:] == ("1.0000", "1000 ms")
 
 
+@needs_real_time  # a real-time card, or a poller given a fixed time
 def test_calibration_walks_through_each_pot_and_writes_its_end_stops_into_the_config(setup, monkeypatch, capsys):
     cfg, knob_file = setup
     original = cfg.read_text()
@@ -112,6 +113,7 @@ def test_calibration_walks_through_each_pot_and_writes_its_end_stops_into_the_co
     assert (cfg.parent / "pedal.toml.bak").read_text() == original
 
 
+@needs_real_time  # a real-time card, or a poller given a fixed time
 def test_calibration_refuses_a_pot_that_does_not_move(setup, monkeypatch, capsys):
     cfg, knob_file = setup
     knob_file.write_text("0 0.5\n1 0.5\n2 0.5\n3 0.5\n")  # nobody turns anything
