@@ -142,9 +142,12 @@ def settle_reading(pot, samples: int = 15, interval_s: float = 0.01) -> float:
     return statistics.median(values)
 
 
-def calibrate(cfg, ask=input, out=print, samples: int = 15, interval_s: float = 0.01) -> dict[int, PotCalibration]:
-    """Walk through every configured pot; -> {index in cfg.knobs.pots: calibration}."""
+def calibrate(cfg, ask=None, out=print, samples: int = 15, interval_s: float = 0.01) -> dict[int, PotCalibration]:
+    """Walk through every configured pot; -> {index in cfg.knobs.pots: calibration}. ``ask``
+    defaults to ``input`` looked up when called (bound as a default argument, it would be whatever
+    ``input`` was when this module was first imported)."""
     from .knobsetup import open_pots
+    ask = ask or input
     specs, note = knob_specs(cfg)
     if note:
         out(note)
