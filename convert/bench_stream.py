@@ -66,7 +66,7 @@ def streaming_check(m: SignalTrainPi, seconds: float = 3.0) -> dict:
     every = cfg.sample_rate // cfg.hop
     k = torch.rand(T // every + 1, cfg.n_knobs, generator=g).repeat_interleave(every, 0)[:T][None]
     off = m(x, k)
-    st, s, outs = StepModel(m).eval(), None, []
+    st, outs = StepModel(m).eval(), []
     s = st.initial_state()
     for t in range(T):
         y, s = st(x[:, t * cfg.hop:(t + 1) * cfg.hop], k[:, t], s)
@@ -77,7 +77,7 @@ def streaming_check(m: SignalTrainPi, seconds: float = 3.0) -> dict:
     xc[0, pos] += 1.0
     first = int(torch.nonzero((m(xc, k) - off).abs()[0] > 0)[0])
     return {"stream_vs_offline_max_abs": float((off - on).abs().max()), "latency_samples_measured": pos - first + 1,
-            "latency_samples_declared": cfg.latency_samples, "state_floats": StepModel(m).state_size}
+            "latency_samples_declared": cfg.latency_samples, "state_floats": st.state_size}
 
 
 def main(argv=None):
