@@ -4,7 +4,9 @@
                                      [--baselines lstm tcn --baseline-effects drive amp echo]
 
 For each catalogue effect (inverse tasks as ``noise_inv`` and ``timing_inv``): the demo-tier
-dataset (built if missing), the product trained for ``--minutes`` at ``--threads`` with its parts
+dataset (built if missing), the product trained for ``--minutes`` at ``--threads`` (``--clock cpu``:
+minutes of the run's own CPU time / threads, so that other work on the machine does not shrink the
+budget; ``wall``: wall-clock minutes) with its parts
 chosen from the data, then evaluated on held-out sources x the held-out knob grid:
 ESR mean / median / worst, the dry input's ESR, MR-STFT, steady-tone junk, aliasing of a high
 sine (model and target), the parts chosen, multiply-adds per second and state size. The
@@ -107,14 +109,15 @@ def extras(name: str, run: Path, data: Path) -> dict:
     return out
 
 
-def run_one(name: str, arch: str, seed: int, minutes: float, threads: int, data_root: Path, out_root: Path, log=print) -> dict:
+def run_one(name: str, arch: str, seed: int, minutes: float, threads: int, data_root: Path, out_root: Path,
+            clock: str = "cpu", log=print) -> dict:
     data = dataset(name, data_root, log)
     run = out_root / f"{name}-{arch}-s{seed}"
     t0 = time.time()
-    s = train(TrainConfig(data=str(data), out=str(run), minutes=minutes, arch=arch, seed=seed, threads=threads,
-                          val_every_s=max(10.0, minutes * 60 / 15)), log=log)
+    s = train(TrainConfig(data=str(data), out=str(run), minutes=minutes, clock=clock, arch=arch, seed=seed,
+                          threads=threads, val_every_s=max(10.0, minutes * 60 / 15)), log=log)
     rep = evaluate(run / "best.pt", data, run, log=log)["summary"]
-    row = {"effect": name, "arch": arch, "seed": seed, "minutes": minutes, "steps": s["steps"],
+    row = {"effect": name, "arch": arch, "seed": seed, "minutes": minutes, "clock": clock, "steps": s["steps"],
            "best_val_esr": s["best_val_esr"], "wall_s": round(time.time() - t0, 1), **rep, **extras(name, run, data)}
     log(json.dumps({k: row[k] for k in ("effect", "arch", "seed", "esr_mean", "esr_median", "esr_worst", "dry_esr_mean")}))
     return row
@@ -160,6 +163,9 @@ def main(argv=None):
     ap.add_argument("--effects", nargs="+", default=EFFECTS)
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu (default): minutes of each run's own CPU time / threads, which other work on a "
+                         "shared machine does not eat; wall: wall-clock minutes")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--baselines", nargs="*", default=[], help="e.g. lstm tcn")
     ap.add_argument("--baseline-effects", nargs="*", default=["drive", "amp", "echo"])
@@ -173,9 +179,9 @@ def main(argv=None):
     jobs += [(e, b, s) for b in a.baselines for e in a.baseline_effects if e in a.effects for s in a.seeds]
     for eff, arch, seed in jobs:  # interleaved by effect; a finished row is kept if the run stops
         rows = [r for r in rows if (r["effect"], r["arch"], r["seed"], r["minutes"]) != (eff, arch, seed, a.minutes)]
-        rows.append(run_one(eff, arch, seed, a.minutes, a.threads, a.data_root, a.out / "runs"))
+        rows.append(run_one(eff, arch, seed, a.minutes, a.threads, a.data_root, a.out / "runs", a.clock))
         res_path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "minutes": a.minutes, "threads": a.threads,
-                                        "rows": rows}, indent=1))
+                                        "clock": a.clock, "rows": rows}, indent=1))
         (a.out / "effects.md").write_text(table([r for r in rows if r["minutes"] == a.minutes]) + "\n")
     print(table([r for r in rows if r["minutes"] == a.minutes]))
 
