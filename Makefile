@@ -20,7 +20,7 @@ DEMO := out/demo
 TESTKIT := build/testkit
 
 .PHONY: demo pedal pedal-steps test test-host test-device test-pi envs system-deps data train evaluate convert selftest clean distclean \
-        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects bench-web
+        datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects bench-demo-spread bench-web
 
 # ---------------------------------------------------------------------------------------------------
 # set-up (idempotent: stamps are rewritten only when a requirements file changes)
@@ -189,6 +189,11 @@ BENCH_MINUTES ?= 3
 BENCH_SEEDS ?= 0
 bench-effects: .venv-host/.stamp
 	$(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive echo
+
+# the demo's spread: comp4, 3 seeds x 5 minutes (CPU clock, 2 threads), each seed on its own freshly
+# drawn dataset as a fresh clone's `make demo` would be (README, "What the demo reaches")
+bench-demo-spread: .venv-host/.stamp
+	$(HOST) -m training.bench_effects --effects comp4 --seeds 0 1 2 --minutes 5 --fresh-data --out out/bench-demo
 
 # held-out ESR against the number of captured knob settings (8, 16, 32, 64) for comp4 and drive, Latin
 # hypercube against random draws: captures made offline through device/capture's signal, checks and

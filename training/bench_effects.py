@@ -36,11 +36,13 @@ GOALS = {"comp4": 0.05, "drive": 0.05, "amp": 0.05, "fuzz": 0.05, "echo": 0.05, 
          "phaser": 0.1}
 
 
-def dataset(name: str, root: Path, log=print) -> Path:
-    out = root / f"{name}-demo"
+def dataset(name: str, root: Path, data_seed: int | None = None, log=print) -> Path:
+    """The effect's demo-tier dataset under ``root`` (built if missing): the default one (seed 0),
+    or with ``data_seed`` one drawn afresh (sources, knob settings) under ``root/seed<N>``."""
+    out = root / f"{name}-demo" if data_seed is None else root / f"seed{data_seed}" / f"{name}-demo"
     if not (out / "dataset.json").exists():
         base, inverse = (name[:-4], True) if name.endswith("_inv") else (name, False)
-        build_dataset(get_effect(base), out, inverse=inverse, log=log)
+        build_dataset(get_effect(base), out, seed=data_seed or 0, inverse=inverse, log=log)
     return out
 
 
@@ -110,14 +112,14 @@ def extras(name: str, run: Path, data: Path) -> dict:
 
 
 def run_one(name: str, arch: str, seed: int, minutes: float, threads: int, data_root: Path, out_root: Path,
-            clock: str = "cpu", log=print) -> dict:
-    data = dataset(name, data_root, log)
+            clock: str = "cpu", fresh_data: bool = False, log=print) -> dict:
+    data = dataset(name, data_root, seed if fresh_data else None, log)
     run = out_root / f"{name}-{arch}-s{seed}"
     t0 = time.time()
     s = train(TrainConfig(data=str(data), out=str(run), minutes=minutes, clock=clock, arch=arch, seed=seed,
                           threads=threads, val_every_s=max(10.0, minutes * 60 / 15)), log=log)
     rep = evaluate(run / "best.pt", data, run, log=log)["summary"]
-    row = {"effect": name, "arch": arch, "seed": seed, "minutes": minutes, "clock": clock, "steps": s["steps"],
+    row = {"effect": name, "arch": arch, "seed": seed, "minutes": minutes, "clock": clock, "data": str(data), "steps": s["steps"],
            "best_val_esr": s["best_val_esr"], "wall_s": round(time.time() - t0, 1), **rep, **extras(name, run, data)}
     log(json.dumps({k: row[k] for k in ("effect", "arch", "seed", "esr_mean", "esr_median", "esr_worst", "dry_esr_mean")}))
     return row
@@ -167,6 +169,9 @@ def main(argv=None):
                     help="cpu (default): minutes of each run's own CPU time / threads, which other work on a "
                          "shared machine does not eat; wall: wall-clock minutes")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--fresh-data", action="store_true",
+                    help="each seed on its own dataset drawn with that seed (DATA_ROOT/seed<N>/EFFECT-demo), as a fresh "
+                         "clone's `make demo` would be; default: every seed on DATA_ROOT/EFFECT-demo")
     ap.add_argument("--baselines", nargs="*", default=[], help="e.g. lstm tcn")
     ap.add_argument("--baseline-effects", nargs="*", default=["drive", "amp", "echo"])
     ap.add_argument("--data-root", type=Path, default=Path("data"))
@@ -179,7 +184,8 @@ def main(argv=None):
     jobs += [(e, b, s) for b in a.baselines for e in a.baseline_effects if e in a.effects for s in a.seeds]
     for eff, arch, seed in jobs:  # interleaved by effect; a finished row is kept if the run stops
         rows = [r for r in rows if (r["effect"], r["arch"], r["seed"], r["minutes"]) != (eff, arch, seed, a.minutes)]
-        rows.append(run_one(eff, arch, seed, a.minutes, a.threads, a.data_root, a.out / "runs", a.clock))
+        rows.append(run_one(eff, arch, seed, a.minutes, a.threads, a.data_root, a.out / "runs", a.clock,
+                            a.fresh_data))
         res_path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "minutes": a.minutes, "threads": a.threads,
                                         "clock": a.clock, "rows": rows}, indent=1))
         (a.out / "effects.md").write_text(table([r for r in rows if r["minutes"] == a.minutes]) + "\n")
