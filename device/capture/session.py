@@ -369,7 +369,7 @@ def add_settings(cap: Capture, path) -> int:
 def run(a) -> int:
     out = Path(a.out)
     make_duplex, rate, cfg_footswitch = _open_duplex(a)
-    footswitch = a.footswitch if a.footswitch is not None else cfg_footswitch
+    footswitch = None if a.no_footswitch else a.footswitch if a.footswitch is not None else cfg_footswitch
     if (out / "capture.json").exists():
         cap = Capture.load(out)
         if a.knob or a.knobs_file:
@@ -550,6 +550,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-noise-dbfs", type=float, default=Limits.max_noise_dbfs)
     g.add_argument("--max-repeat-diff-db", type=float, default=Limits.max_repeat_diff_db)
     g.add_argument("--footswitch", type=int, default=None, metavar="GPIO", help="confirm with this footswitch (BCM)")
+    g.add_argument("--no-footswitch", action="store_true", help="confirm on stdin only, whatever the config says "
+                   "(the web page drives the prompts; its process has no GPIO)")
     g.add_argument("--yes", action="store_true", help="no prompts (knobs set by other means); stop after "
                                                          "--max-attempts bad tries of one setting")
     g.add_argument("--max-attempts", type=int, default=3)

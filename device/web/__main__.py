@@ -25,12 +25,18 @@ def cmd_serve(a) -> int:
             print(f"{a.config}: status.socket is empty: the web page needs the daemon's status socket", file=sys.stderr)
             return 2
         s.socket = Path(cfg.status.socket)
+        s.config = Path(a.config).resolve()
         s.precision = cfg.model.precision
         s.bundles_dir = Path(cfg.model.bundles_dir or Path(cfg.model.bundle).parent)
     if a.socket:
         s.socket = Path(a.socket)
     if a.bundles_dir:
         s.bundles_dir = Path(a.bundles_dir)
+    if a.state_dir:
+        s.state_dir = Path(a.state_dir)
+    if a.captures_dir:
+        s.captures_dir = Path(a.captures_dir)
+    s.daemon_stop, s.daemon_start = a.daemon_stop, a.daemon_start
     if a.login_free_failures is not None:
         s.login_free_failures = a.login_free_failures
     logging.getLogger("pedal.web").info("web page on http://%s:%d/ (daemon socket %s, bundles %s)", a.host, a.port,
@@ -72,6 +78,14 @@ def main(argv=None) -> int:
     p.add_argument("--socket", default=None, help="the daemon's status socket (overrides the config)")
     p.add_argument("--bundles-dir", default=None, help="where bundles are listed and uploads go (overrides the config)")
     p.add_argument("--password-file", default=DEFAULT_PASSWORD_FILE)
+    p.add_argument("--state-dir", default=None, help="where the bundle chosen on the page is kept (bundle.json) and "
+                   "captures go (captures/); default /var/lib/pedal/web")
+    p.add_argument("--captures-dir", default=None, help="where captures go (default: STATE_DIR/captures)")
+    p.add_argument("--daemon-stop", default="", metavar="CMD", help="a command that stops the daemon for a capture "
+                   "(it holds the sound card), e.g. 'systemctl stop pedal.service'; without it a capture needs "
+                   "the daemon stopped by hand")
+    p.add_argument("--daemon-start", default="", metavar="CMD", help="the command that starts it again after a "
+                   "capture, e.g. 'systemctl start pedal.service'")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0: every network; 127.0.0.1: this box only)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-upload-mb", type=float, default=32.0)

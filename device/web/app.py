@@ -8,18 +8,29 @@
     POST /api/knob                {"name": N, "value": V} (physical units) or {"name": N, "pot": true}
     POST /api/bundle              {"name": "x.pedal"}: play a bundle of the bundles folder
     POST /api/upload?name=x.pedal the bundle file as the request body: verified, stored, played
+    GET  /api/captures            the capture folders, and whether captures can be made here
+    POST /api/capture/plan        {"knobs": ["drive=0..10", ...], "settings": N, "seconds": S}: the plan
+    POST /api/capture/start       {"name": N, "knobs": [...], "settings", "seconds", "level_db"}; a name
+                                  alone carries an existing capture on
+    POST /api/capture/go          the knobs are set (the answer to the capture's prompt)
+    POST /api/capture/stop        stop it (at a prompt, or mid-pass: that pass is played again)
+    GET  /api/capture/download?name=N   the capture folder as one tar
     POST /logout
 
 Every POST needs the session's CSRF token in ``X-CSRF-Token`` (auth.py). The daemon's socket
 speaks one line per command, so nothing a client sends reaches it unchecked: knob names must be
 knob names, values numbers, bundle names plain names of files that exist in the bundles folder.
+A capture runs as its own process (capture.py); the bundle chosen here is kept in the state folder
+and played again when the daemon restarts (``keep_choice``).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import html
 import json
+import logging
 import os
 import re
 import sys
@@ -32,9 +43,11 @@ import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response,
+                                 StreamingResponse)
 from starlette.routing import Route
 
+from . import capture as cap
 from . import store
 from .auth import LoginLimiter, Sessions, check_password, read_password_file
 
@@ -45,6 +58,7 @@ JSON_LIMIT = 4096  # bytes of a JSON or login request body
 # The daemon is asked for its panel at most this often, however many pages poll however fast: its
 # answer takes the monitor thread, and Python's lock, a fraction of a millisecond each time.
 PANEL_MIN_INTERVAL_S = 0.2
+log = logging.getLogger("pedal.web")
 
 
 @dataclass
@@ -60,6 +74,12 @@ class Settings:
     login_free_failures: int = 3
     login_max_wait_s: float = 300.0
     verify_timeout_s: float = 120.0
+    config: Path | None = None  # the daemon's pedal.toml: a capture opens the audio interface it names
+    state_dir: Path = Path("/var/lib/pedal/web")  # the chosen bundle (bundle.json) and captures/
+    captures_dir: Path | None = None  # default: state_dir / "captures"
+    daemon_stop: str = ""  # a command that stops the daemon for a capture ("systemctl stop pedal.service")
+    daemon_start: str = ""  # ... and starts it again afterwards
+    restore_every_s: float = 1.0  # how often the server looks for a restarted daemon to give the chosen bundle
 
 
 class DaemonDown(Exception):
@@ -115,15 +135,6 @@ def temperature_c() -> float | None:
         return None
 
 
-def capture_available() -> bool:
-    """Whether this version of the box has ``python -m device capture``."""
-    import importlib.util
-    try:
-        return importlib.util.find_spec("device.capture.session") is not None
-    except ImportError:  # no device.capture package at all
-        return False
-
-
 class SecurityHeaders:
     """Plain ASGI middleware: every response says no framing, no sniffing, no caching, own origin only."""
 
@@ -148,6 +159,8 @@ class SecurityHeaders:
 
 
 def make_app(settings: Settings) -> Starlette:
+    if settings.captures_dir is None:
+        settings.captures_dir = Path(settings.state_dir) / "captures"
     sessions = Sessions(idle_s=settings.session_idle_s)
     limiter = LoginLimiter(free=settings.login_free_failures, max_wait_s=settings.login_max_wait_s)
     box_cpu = BoxCPU()
@@ -155,6 +168,15 @@ def make_app(settings: Settings) -> Starlette:
     panel_lock = asyncio.Lock()
     panel_cache = {"at": -1e9, "reply": None, "error": None}
     pages = {name: (STATIC / name).read_text() for name in ("index.html", "login.html")}
+
+    async def daemon_alive() -> bool:
+        try:
+            await ask(settings.socket, "knobs", timeout_s=1.0)
+            return True
+        except DaemonDown:
+            return False
+    capture = cap.CaptureRunner(settings, daemon_alive)
+    restored = {"started": None}  # the daemon (by its start time) that was given the chosen bundle
 
     def refuse(status: int, message: str, **extra) -> JSONResponse:
         return JSONResponse({"ok": False, "error": message, **extra}, status_code=status)
@@ -273,11 +295,8 @@ def make_app(settings: Settings) -> Starlette:
     async def style_css(request: Request):
         return FileResponse(STATIC / "style.css", media_type="text/css")
 
-    @guarded(change=False)
-    async def api_panel(request: Request):
-        out = {"ok": True, "bundles": store.list_bundles(settings.bundles_dir),
-               "box": {"cpu": box_cpu.use(), "temp_c": temperature_c()},
-               "upload_max_bytes": settings.max_upload_bytes, "capture": capture_available()}
+    async def fetch_panel() -> dict | None:
+        """The daemon's ``panel``, asked at most every PANEL_MIN_INTERVAL_S whoever asks."""
         async with panel_lock:  # one question in flight; pages polling together share its answer
             if time.monotonic() - panel_cache["at"] >= PANEL_MIN_INTERVAL_S:
                 try:
@@ -285,7 +304,15 @@ def make_app(settings: Settings) -> Starlette:
                 except DaemonDown as e:
                     panel_cache.update(reply=None, error=str(e))
                 panel_cache["at"] = time.monotonic()
-        out["daemon"] = panel_cache["reply"]
+        return panel_cache["reply"]
+
+    @guarded(change=False)
+    async def api_panel(request: Request):
+        out = {"ok": True, "bundles": store.list_bundles(settings.bundles_dir),
+               "box": {"cpu": box_cpu.use(), "temp_c": temperature_c()},
+               "upload_max_bytes": settings.max_upload_bytes, "capture": capture.status(),
+               "chosen": store.read_choice(settings.state_dir)}
+        out["daemon"] = await fetch_panel()
         if panel_cache["error"]:
             out["daemon_error"] = panel_cache["error"]
         return JSONResponse(out)
@@ -325,7 +352,17 @@ def make_app(settings: Settings) -> Starlette:
         path = Path(settings.bundles_dir) / name
         if not path.is_file():
             return refuse(404, f"no bundle {name} in {settings.bundles_dir}")
-        return await daemon(f"load {path}")
+        r = await daemon(f"load {path}")
+        if r.status_code == 200:
+            choose(name)
+        return r
+
+    def choose(name: str) -> None:
+        """Keep the choice for the next start of the daemon; a choice that cannot be kept still plays."""
+        try:
+            store.remember_choice(settings.state_dir, name)
+        except OSError as e:
+            log.warning("bundle %s plays, but the choice is not kept for a restart: %s", name, e)
 
     @guarded(change=True)
     async def api_upload(request: Request):
@@ -376,6 +413,8 @@ def make_app(settings: Settings) -> Starlette:
                 loading = await ask(settings.socket, f"load {dest}")
             except DaemonDown as e:
                 loading = {"ok": False, "error": str(e)}
+            if loading.get("ok"):
+                choose(name)
             return JSONResponse({"ok": True, "name": name, "verified": True, "message": result["message"],
                                  "effect": result.get("effect"), "load": loading})
         finally:
@@ -401,15 +440,122 @@ def make_app(settings: Settings) -> Starlette:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
             return {"ok": False, "message": f"the model crashed the verifier ({why}) {tail[0]}".strip()}
 
+    # --- the chosen bundle after a restart ------------------------------------------------------
+    async def keep_choice():
+        """A daemon that (re)started and has not switched bundles since gets the bundle chosen on the
+        page: it starts with its configured one (model.bundle), and this hands it the chosen one as
+        soon as it answers. Once per daemon start: a refusal is not retried, a footswitch or ssh
+        switch is not undone (the daemon has swapped by then)."""
+        while True:
+            await asyncio.sleep(settings.restore_every_s)
+            try:
+                name = store.read_choice(settings.state_dir)
+                if name is None or capture.busy:
+                    continue
+                d = await fetch_panel()
+                if not d or "uptime_s" not in d:
+                    continue
+                started = time.time() - float(d["uptime_s"])
+                if restored["started"] is not None and abs(started - restored["started"]) < 3.0:
+                    continue  # this daemon was seen already
+                restored["started"] = started
+                path = Path(settings.bundles_dir) / name
+                playing = d.get("bundle_source")
+                if d.get("swaps", 0) or not path.is_file() or (playing and Path(playing).resolve() == path.resolve()):
+                    continue
+                reply = await ask(settings.socket, f"load {path}")
+                log.info("the daemon started with %s; the bundle chosen on the page is %s: %s", playing, name,
+                         "loading it" if reply.get("ok") else reply.get("error"))
+            except (DaemonDown, OSError, ValueError, TypeError) as e:
+                log.warning("keeping the chosen bundle: %s", e)
+
+    # --- capture -------------------------------------------------------------------------------
+    def refused(e: cap.Refused) -> JSONResponse:
+        return refuse(e.status, str(e))
+
+    @guarded(change=False)
+    async def api_captures(request: Request):
+        captures = await anyio.to_thread.run_sync(cap.list_captures, settings.captures_dir)
+        return JSONResponse({"ok": True, "available": capture.available() is None, "why": capture.available(),
+                             "daemon_control": bool(settings.daemon_stop), "captures": captures})
+
+    @guarded(change=True)
+    async def api_capture_plan(request: Request):
+        data = await read_json(request)
+        try:
+            req = cap.parse_request({"name": "plan", **(data or {})})
+            plan = await anyio.to_thread.run_sync(cap.plan_preview, req["knobs"], req["settings"], req["seconds"])
+        except cap.Refused as e:
+            return refused(e)
+        except ValueError as e:
+            return refuse(400, str(e))
+        return JSONResponse({"ok": True, **plan})
+
+    @guarded(change=True)
+    async def api_capture_start(request: Request):
+        data = await read_json(request)
+        try:
+            return JSONResponse(capture.start(cap.parse_request(data or {})))
+        except cap.Refused as e:
+            return refused(e)
+
+    @guarded(change=True)
+    async def api_capture_go(request: Request):
+        try:
+            return JSONResponse(capture.go())
+        except cap.Refused as e:
+            return refused(e)
+
+    @guarded(change=True)
+    async def api_capture_stop(request: Request):
+        try:
+            return JSONResponse(capture.stop())
+        except cap.Refused as e:
+            return refused(e)
+
+    @guarded(change=False)
+    async def api_capture_download(request: Request):
+        name = request.query_params.get("name", "")
+        problem = cap.name_problem(name)
+        if problem:
+            return refuse(400, problem)
+        folder = Path(settings.captures_dir) / name
+        if folder.is_symlink() or not (folder / "capture.json").is_file():
+            return refuse(404, f"no capture {name}")
+        if capture.busy and capture.name == name:
+            return refuse(409, f"{name} is being captured: stop it (or let it finish) first")
+        return StreamingResponse(cap.tar_stream(folder), media_type="application/x-tar",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}.tar"'})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            await capture.recover()
+        except OSError as e:
+            log.warning("capture recovery: %s", e)
+        keeper = asyncio.create_task(keep_choice())
+        try:
+            yield
+        finally:
+            keeper.cancel()
+            await capture.shutdown()
+
     routes = [Route("/login", login_get, methods=["GET"]), Route("/login", login_post, methods=["POST"]),
               Route("/style.css", style_css, methods=["GET"]),
               Route("/", index, methods=["GET"]), Route("/app.js", app_js, methods=["GET"]),
               Route("/logout", logout, methods=["POST"]),
               Route("/api/panel", api_panel, methods=["GET"]),
               Route("/api/bypass", api_bypass, methods=["POST"]), Route("/api/knob", api_knob, methods=["POST"]),
-              Route("/api/bundle", api_bundle, methods=["POST"]), Route("/api/upload", api_upload, methods=["POST"])]
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
+              Route("/api/bundle", api_bundle, methods=["POST"]), Route("/api/upload", api_upload, methods=["POST"]),
+              Route("/api/captures", api_captures, methods=["GET"]),
+              Route("/api/capture/plan", api_capture_plan, methods=["POST"]),
+              Route("/api/capture/start", api_capture_start, methods=["POST"]),
+              Route("/api/capture/go", api_capture_go, methods=["POST"]),
+              Route("/api/capture/stop", api_capture_stop, methods=["POST"]),
+              Route("/api/capture/download", api_capture_download, methods=["GET"])]
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)], lifespan=lifespan)
     app.state.settings, app.state.sessions, app.state.limiter = settings, sessions, limiter
+    app.state.capture = capture
     return app
 
 

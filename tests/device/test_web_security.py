@@ -28,6 +28,7 @@ class FakeDaemon:
 
     def __init__(self, path: Path):
         self.path, self.commands = path, []
+        self.panel = {"ok": True, "effect": "comp4", "knobs": {"threshold_db": -20.0}}
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
         self.server.listen(8)
@@ -50,8 +51,9 @@ class FakeDaemon:
                 line = data.decode().strip()
                 self.commands.append(line)
                 cmd = line.split()[0] if line else "status"
-                reply = {"status": {"rate": 48000, "period": 128},
-                         "panel": {"ok": True, "effect": "comp4", "knobs": {"threshold_db": -20.0}}}.get(cmd, {"ok": True})
+                reply = {"status": {"rate": 48000, "period": 128}, "panel": self.panel}.get(cmd, {"ok": True})
+                if cmd == "load" and "refused" in line:
+                    reply = {"ok": False, "error": "bundle refused: checksum mismatch"}
                 conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def close(self):
@@ -66,7 +68,8 @@ def box(tmp_path):
     bundles.mkdir()
     write_password_file(tmp_path / "web-password", PASSWORD)
     settings = Settings(socket=sock, bundles_dir=bundles, password_file=tmp_path / "web-password",
-                        precision="float32", max_upload_bytes=4 << 20)
+                        precision="float32", max_upload_bytes=4 << 20, state_dir=tmp_path / "web",
+                        restore_every_s=0.05)
     with TestClient(make_app(settings), base_url="http://pedal.local") as client:
         client.daemon, client.bundles, client.settings = daemon, bundles, settings
         yield client
@@ -93,7 +96,10 @@ def routes(app):
 
 def test_every_route_refuses_without_a_session(box):
     guarded = [(p, m) for p, m in routes(box.app) if (p, m) not in PUBLIC_ROUTES]
-    assert len(guarded) >= 8
+    assert len(guarded) >= 14
+    capture_routes = {("/api/captures", "GET"), ("/api/capture/plan", "POST"), ("/api/capture/start", "POST"),
+                      ("/api/capture/go", "POST"), ("/api/capture/stop", "POST"), ("/api/capture/download", "GET")}
+    assert capture_routes <= set(guarded)
     for path, method in guarded:
         r = box.request(method, path, follow_redirects=False)
         if path == "/":
@@ -118,6 +124,13 @@ def test_a_change_without_the_csrf_token_is_refused(box):
             assert r.status_code == 403, (path, headers, r.status_code)
         r = box.post("/api/upload?name=x.pedal", content=b"x", headers=headers)
         assert r.status_code == 403
+        for path, body in (("/api/capture/plan", {"knobs": ["drive=0..10"]}),
+                           ("/api/capture/start", {"name": "my_drive", "knobs": ["drive=0..10"]}),
+                           ("/api/capture/go", {}), ("/api/capture/stop", {})):
+            r = box.post(path, json=body, headers=headers)
+            assert r.status_code == 403, (path, headers, r.status_code)
+    assert box.app.state.capture.task is None  # no capture was started
+    assert not (box.settings.state_dir / "captures").exists()
     assert [c for c in box.daemon.commands if not c.startswith("panel")] == []
     # the same requests with the token go through
     assert box.post("/api/bypass", json={"on": True}, headers={"X-CSRF-Token": csrf}).json() == {"ok": True}
@@ -261,3 +274,76 @@ def test_pages_polling_fast_ask_the_daemon_at_most_five_times_a_second(box):
     elapsed = time.monotonic() - t0
     asked = box.daemon.commands.count("panel")
     assert 1 <= asked <= elapsed / 0.2 + 1, (asked, elapsed)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "-rf", "--out=/etc", ".hidden", "x" * 41, "", "my drive", "my_drive\n"])
+def test_a_capture_name_with_a_path_or_an_option_in_it_is_refused(box, name):
+    csrf = logged_in(box)
+    h = {"X-CSRF-Token": csrf}
+    r = box.post("/api/capture/start", json={"name": name, "knobs": ["drive=0..10"]}, headers=h)
+    assert r.status_code == 400 and "a capture's name" in r.json()["error"], r.text
+    r = box.get("/api/capture/download", params={"name": name})
+    assert r.status_code == 400
+    assert box.app.state.capture.task is None and not (box.settings.state_dir / "captures").exists()
+
+
+@pytest.mark.parametrize("knob", ["drive=0..10 --out=/etc", "drive=0..10\n--yes", "--out=/tmp/x", "drive=0..10;rm",
+                                  "drive=\"0..10\"", "drive=ten..eleven", "=0..10", "drive=0..10,ms,log,extra,x"])
+def test_a_capture_knob_that_is_not_a_knob_is_refused_before_anything_runs(box, knob):
+    csrf = logged_in(box)
+    h = {"X-CSRF-Token": csrf}
+    for path in ("/api/capture/plan", "/api/capture/start"):
+        r = box.post(path, json={"name": "my_drive", "knobs": [knob]}, headers=h)
+        assert r.status_code == 400, (path, knob, r.text)
+    assert box.app.state.capture.task is None
+
+
+def test_the_capture_plan_is_the_commands_own_and_a_capture_needs_the_daemons_config(box):
+    from device.capture.plan import format_value, make_plan, parse_knob
+    csrf = logged_in(box)
+    h = {"X-CSRF-Token": csrf}
+    knobs = ["drive=0..10", "tone=clock", "time_ms=40..800,ms,log"]
+    r = box.post("/api/capture/plan", json={"knobs": knobs, "settings": 12, "seconds": 30}, headers=h)
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    specs = [parse_knob(k) for k in knobs]
+    assert plan["settings"] == 12 and len(plan["plan"]) == 12 and plan["playing_s"] == round(12 * 30 + 2.5)
+    assert plan["plan"] == [[format_value(k, v) for k, v in zip(specs, s)] for s in make_plan(specs, 12)]
+    assert [k["label"] for k in plan["knobs"]] == ["drive", "tone [o'clock]", "time_ms [ms]"]
+    r = box.post("/api/capture/plan", json={"knobs": ["drive=0..10"]}, headers=h)  # default: 5 per knob, at least 10
+    assert r.json()["settings"] == 10
+    # this server was started without the daemon's config: it cannot open the audio interface
+    r = box.post("/api/capture/start", json={"name": "my_drive", "knobs": knobs}, headers=h)
+    assert r.status_code == 409 and "--config" in r.json()["error"]
+    assert box.get("/api/captures").json()["available"] is False
+
+
+def test_the_bundle_chosen_on_the_page_is_kept_and_given_to_a_restarted_daemon(box):
+    csrf = logged_in(box)
+    h = {"X-CSRF-Token": csrf}
+    for name in ("comp4.pedal", "comp4-v2.pedal", "refused.pedal"):
+        (box.bundles / name).write_bytes(b"a bundle")
+    choice = box.settings.state_dir / "bundle.json"
+    assert box.post("/api/bundle", json={"name": "comp4-v2.pedal"}, headers=h).status_code == 200
+    assert json.loads(choice.read_text())["bundle"] == "comp4-v2.pedal"
+    assert stat.S_IMODE(choice.stat().st_mode) == 0o640
+    assert box.post("/api/bundle", json={"name": "refused.pedal"}, headers=h).status_code == 400
+    assert json.loads(choice.read_text())["bundle"] == "comp4-v2.pedal"  # a refused bundle is not kept
+    assert [p.name for p in choice.parent.iterdir()] == ["bundle.json"]  # no temporaries left behind
+    assert box.get("/api/panel").json()["chosen"] == "comp4-v2.pedal"
+    # the daemon restarts with its configured bundle: the server hands it the chosen one, once
+    import time
+    box.daemon.commands.clear()
+    box.daemon.panel = {"ok": True, "effect": "comp4", "uptime_s": 1.0, "swaps": 0,
+                        "bundle_source": str(box.bundles / "comp4.pedal")}
+    deadline = time.monotonic() + 5
+    want = f"load {box.bundles / 'comp4-v2.pedal'}"
+    while want not in box.daemon.commands and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # ... and only once for this start of the daemon
+    assert box.daemon.commands.count(want) == 1, box.daemon.commands
+    # a daemon that switched bundles since it started (the footswitch) is left alone
+    box.daemon.commands.clear()
+    box.daemon.panel = {**box.daemon.panel, "uptime_s": 0.5, "swaps": 1}
+    time.sleep(0.5)
+    assert not any(c.startswith("load") for c in box.daemon.commands)

@@ -164,12 +164,12 @@ function showBundles(list, playing) {
 function show(p) {
   panel = p;
   uploadMax = p.upload_max_bytes;
-  $("capture").textContent = p.capture
-    ? "Capturing your own pedal is not on this page yet: run python -m device capture on the box over ssh (docs/capture.md)."
-    : "Capturing your own pedal is not on this box yet (this version has no python -m device capture).";
+  showCapture(p.capture);
   const d = p.daemon;
   if (!d) {
-    $("daemon-message").textContent = p.daemon_error || "the pedal daemon does not answer";
+    const capturing = p.capture && CAPTURE_BUSY.includes(p.capture.state);
+    $("daemon-message").textContent = capturing ? "the pedal daemon is stopped while the capture uses the sound card"
+                                                : (p.daemon_error || "the pedal daemon does not answer");
     $("state").textContent = "no daemon"; $("state").className = "badge fault";
     showBundles(p.bundles, null);
     return;
@@ -233,9 +233,181 @@ $("upload-form").addEventListener("submit", async (ev) => {
   }
 });
 
+// --- capture: plan, start, follow, go/stop, resume, download ------------------------------------------
+const CAPTURE_BUSY = ["starting", "stopping the daemon", "running", "waiting", "stopping"];
+let captureState = "";
+
+function captureRequest() {
+  return {
+    name: $("capture-name").value.trim(),
+    knobs: $("capture-knobs").value.split("\n").map((s) => s.trim()).filter((s) => s),
+    settings: parseInt($("capture-settings").value, 10) || 0,
+    seconds: parseFloat($("capture-seconds").value) || 60,
+    level_db: parseFloat($("capture-level").value),
+  };
+}
+
+function planTable(labels, plan, captured) {
+  const table = document.createElement("table");
+  const head = document.createElement("tr");
+  for (const h of ["#"].concat(labels)) {
+    const th = document.createElement("th"); th.textContent = h; head.append(th);
+  }
+  table.append(head);
+  plan.forEach((setting, i) => {
+    const tr = document.createElement("tr");
+    tr.dataset.setting = String(i + 1);
+    const n = document.createElement("td");
+    n.textContent = String(i + 1) + (captured && captured[i] ? " ✓" : "");
+    if (captured && captured[i]) n.className = "done";
+    tr.append(n);
+    for (const v of setting) { const td = document.createElement("td"); td.textContent = v; tr.append(td); }
+    table.append(tr);
+  });
+  return table;
+}
+
+function duration(s) { return s >= 90 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`; }
+
+function formMessage(text, ok) {
+  $("capture-unavailable").className = "message" + (ok ? " ok" : "");
+  $("capture-unavailable").textContent = text;
+}
+
+$("capture-preview").addEventListener("click", async () => {
+  const r = await post("/api/capture/plan", captureRequest());
+  const box = $("capture-plan");
+  box.replaceChildren();
+  if (!r.ok) { formMessage(r.error || "refused"); return; }
+  formMessage("");
+  const p = document.createElement("p");
+  p.id = "capture-plan-summary";
+  p.dataset.settings = String(r.settings);
+  p.textContent = `${r.settings} settings of ${r.knobs.length} knob${r.knobs.length > 1 ? "s" : ""}, ` +
+    `${r.seconds_per_setting} s of signal each: about ${duration(r.playing_s)} of playing, plus the time to set ` +
+    `the knobs (${r.knobs_moved_per_pass} move per setting on average)`;
+  box.append(p, planTable(r.knobs.map((k) => k.label), r.plan));
+});
+
+async function startCapture(body) {
+  const r = await post("/api/capture/start", body);
+  if (!r.ok) { formMessage(r.error || "refused"); return; }
+  formMessage(r.resumed ? `carrying on ${r.name}` : `capture ${r.name} starting`, true);
+  showCapture(r);
+}
+
+$("capture-form").addEventListener("submit", (ev) => { ev.preventDefault(); startCapture(captureRequest()); });
+$("capture-go").addEventListener("click", async () => {
+  $("capture-go").disabled = true;
+  const r = await post("/api/capture/go", {});
+  if (!r.ok) $("capture-message").textContent = r.error || "refused";
+});
+$("capture-stop").addEventListener("click", async () => {
+  const r = await post("/api/capture/stop", {});
+  if (!r.ok) $("capture-message").textContent = r.error || "refused";
+});
+
+function attemptText(a) {
+  const what = a.pass === 0 ? "reference" : `setting ${a.pass}`;
+  const figures = [];
+  if (a.latency_samples !== null && a.latency_samples !== undefined) figures.push(`clicks at ${a.latency_samples} samples`);
+  if (a.gain_db !== undefined && a.gain_db !== null) figures.push(`gain ${a.gain_db} dB`);
+  if (a.peak_dbfs !== undefined && a.peak_dbfs !== null) figures.push(`peak ${a.peak_dbfs} dBFS`);
+  if (a.noise_dbfs !== undefined && a.noise_dbfs !== null) figures.push(`noise ${a.noise_dbfs} dBFS`);
+  if (a.clipped) figures.push(`${a.clipped} clipped`);
+  if (a.xruns) figures.push(`${a.xruns} xruns`);
+  const verdict = a.ok ? "good" : "refused: " + (a.problems || []).join("; ");
+  return `${what}, try ${a.try || 1}: ${verdict}` + (figures.length ? ` (${figures.join(", ")})` : "");
+}
+
+function showCapture(c) {
+  const live = $("capture-live");
+  if (!c || c.state === "idle") { live.hidden = true; return; }
+  live.hidden = false;
+  $("capture-title").textContent = c.name;
+  $("capture-state").textContent = c.state;
+  $("capture-state").dataset.state = c.state;
+  $("capture-state").className = "badge " + ({failed: "fault", waiting: "bypass", stopped: "bypass"}[c.state] || "");
+  const pr = c.progress;
+  if (pr) {
+    const bar = $("capture-progress");
+    bar.max = Math.max(1, pr.settings); bar.value = pr.done;
+    bar.dataset.done = String(pr.done); bar.dataset.total = String(pr.settings);
+    const ref = pr.reference
+      ? `latency ${pr.latency_samples} samples (${(1000 * pr.latency_samples / pr.sample_rate).toFixed(2)} ms), gain ${pr.reference.gain_db} dB`
+      : "the reference is not measured yet";
+    $("capture-count").textContent = `${pr.done} of ${pr.settings} settings captured` +
+      (pr.next ? ` · next: setting ${pr.next} of ${pr.settings}` : "") + (pr.redone ? ` · ${pr.redone} redone` : "") +
+      ` · ${ref} · ${pr.seconds_per_setting} s each`;
+    const ol = $("capture-attempts");
+    const key = String(pr.attempts_total);
+    if (ol.dataset.key !== key) {
+      ol.dataset.key = key;
+      ol.replaceChildren();
+      for (const a of pr.attempts.slice().reverse()) {
+        const li = document.createElement("li");
+        li.className = a.ok ? "good" : "bad";
+        li.dataset.pass = String(a.pass);
+        li.textContent = attemptText(a);
+        ol.append(li);
+      }
+    }
+  }
+  const waiting = c.state === "waiting";
+  $("capture-prompt").textContent = waiting ? c.prompt
+    : c.state === "running" ? "playing the signal: leave the knobs and cables alone" : "";
+  $("capture-go").disabled = !waiting;
+  $("capture-stop").disabled = !CAPTURE_BUSY.includes(c.state) || c.state === "stopping";
+  $("capture-message").className = "message" + (c.state === "done" ? " ok" : "");
+  $("capture-message").textContent = c.message;
+  $("capture-daemon").textContent = c.daemon ? "pedal daemon: " + c.daemon : "";
+  $("capture-log").textContent = c.log.join("\n");
+  if (c.state !== captureState) {
+    if (!CAPTURE_BUSY.includes(c.state) || !captureState) loadCaptures();
+    captureState = c.state;
+  }
+}
+
+async function loadCaptures() {
+  let d;
+  try {
+    const r = await fetch("/api/captures", {credentials: "same-origin"});
+    if (r.status === 401) { location.href = "/login"; return; }
+    d = await r.json();
+  } catch (e) { return; }
+  if (!d.available) formMessage(d.why);
+  else if (!d.daemon_control) formMessage("This web server may not stop the daemon: stop it on the box first (sudo systemctl stop pedal).");
+  $("capture-start").disabled = !d.available;
+  const ul = $("captures");
+  ul.replaceChildren();
+  for (const c of d.captures) {
+    const li = document.createElement("li");
+    li.dataset.capture = c.name;
+    const text = document.createElement("span");
+    const name = document.createElement("span"); name.className = "name"; name.textContent = c.name;
+    const info = document.createElement("span"); info.className = "info";
+    info.textContent = `${c.done} of ${c.settings} settings · ${c.knobs.join(", ")} · ${(c.bytes / 1048576).toFixed(1)} MiB`;
+    text.append(name, info);
+    li.append(text);
+    if (c.done < c.settings) {
+      const resume = document.createElement("button");
+      resume.type = "button"; resume.textContent = "Resume"; resume.className = "resume";
+      resume.addEventListener("click", () => startCapture({name: c.name}));
+      li.append(resume);
+    }
+    const link = document.createElement("a");
+    link.href = "/api/capture/download?name=" + encodeURIComponent(c.name);
+    link.textContent = "Download (.tar)"; link.className = "download";
+    link.setAttribute("download", c.name + ".tar");
+    li.append(link);
+    ul.append(li);
+  }
+}
+
 $("logout").addEventListener("click", async () => {
   await post("/logout", {});
   location.href = "/login";
 });
 
+loadCaptures();
 poll();
