@@ -7,8 +7,10 @@ The chain: Chromium -> web server (python -m device.web serve, its own process) 
 status socket -> daemon (python -m device run --config, file knob source standing in for pots)
 <-> ALSA (type jack) <-> JACK dummy <-> FakeCard (this process: plays a sine, records the output).
 """
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +70,7 @@ def rig(tmp_path_factory, bundle_path):
             web_log = open(work / "web.log", "w")
             web = subprocess.Popen([sys.executable, "-m", "device.web", "serve", "--socket", str(sock),
                                     "--bundles-dir", str(bundles), "--password-file", str(work / "pw"),
+                                    "--state-dir", str(work / "web"),
                                     "--host", "127.0.0.1", "--port", str(port), "--poll-ms", "150"],
                                    cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=web_log,
                                    stderr=subprocess.STDOUT)
@@ -82,13 +85,15 @@ def rig(tmp_path_factory, bundle_path):
                         if web.poll() is not None or time.monotonic() > deadline:
                             raise AssertionError(f"web server not up: {(work / 'web.log').read_text()}")
                         time.sleep(0.1)
-                yield {"card": card, "pedal": pedal, "url": f"http://127.0.0.1:{port}", "bundles": bundles,
-                       "playing": playing, "knob_file": knob_file, "specs": specs, "work": work}
+                parts = {"card": card, "pedal": pedal, "url": f"http://127.0.0.1:{port}", "bundles": bundles,
+                         "playing": playing, "knob_file": knob_file, "specs": specs, "work": work, "sock": sock,
+                         "config": cfg, "env": jack_env(server, asoundrc)}
+                yield parts
             finally:
                 web.terminate()
                 web.wait(10)
                 web_log.close()
-                log = pedal.stop()
+                log = parts["pedal"].stop() if "parts" in locals() else pedal.stop()
                 print(log[-3000:])
                 print((work / "web.log").read_text()[-2000:])
 
@@ -242,3 +247,41 @@ def test_uploading_a_good_bundle_makes_it_play(rig, page, bundle_path, tmp_path)
     page.find_element(By.CSS_SELECTOR, 'li[data-name="comp4.pedal"] button').click()
     wait(page, lambda d: query_status(pedal.sock, "panel")["bundle_source"] == str(rig["playing"]), timeout_s=20,
          what="the daemon back on the first bundle")
+
+
+def test_the_bundle_chosen_on_the_page_plays_again_after_a_power_cut(rig, page):
+    """Play comp4-v2 from the list; the choice is kept (the web server's state folder, atomically);
+    the daemon is killed (SIGKILL: a power cut to it) and started again with its configured
+    comp4.pedal; the web server hands it the chosen one and it plays."""
+    card, sock = rig["card"], rig["sock"]
+    chosen = rig["bundles"] / "comp4-v2.pedal"
+    page.find_element(By.CSS_SELECTOR, 'li[data-name="comp4-v2.pedal"] button').click()
+    wait(page, lambda d: query_status(sock, "panel")["bundle_source"] == str(chosen), timeout_s=20,
+         what="the daemon playing the chosen bundle")
+    stored = json.loads((rig["work"] / "web" / "bundle.json").read_text())
+    assert stored["bundle"] == "comp4-v2.pedal"
+    old = rig["pedal"]
+    old.signal(signal.SIGKILL)
+    old.stop()
+    sock.parent.mkdir(exist_ok=True)
+    restart = rig["work"] / "after-restart"
+    restart.mkdir()
+    t0 = time.monotonic()
+    rig["pedal"] = new = Pedal(["--config", str(rig["config"])], rig["env"], restart, sock=sock)
+    st = new.wait_playing(periods=1, timeout_s=30)
+    t_playing = time.monotonic() - t0
+    assert st["swaps"] == 0 and st["uptime_s"] < 30  # a new daemon, started with its configured bundle
+    wait(page, lambda d: query_status(sock, "panel")["bundle_source"] == str(chosen), timeout_s=30,
+         what="the restarted daemon playing the chosen bundle")
+    t_chosen = time.monotonic() - t0
+    st = new.status()
+    assert st["swaps"] == 1 and st["last_load"]["ok"] and st["last_load"]["path"] == str(chosen)
+    wait(page, lambda d: "playing" in d.find_element(By.CSS_SELECTOR, 'li[data-name="comp4-v2.pedal"]')
+         .get_attribute("class"), what="the page marking the chosen bundle as playing")
+    time.sleep(0.5)
+    level = output_db(card, 0.3)
+    print(f"after the restart: the daemon played after {t_playing:.1f} s, the chosen bundle after {t_chosen:.1f} s; "
+          f"output {level:.1f} dB RMS")
+    assert level > -30  # it plays
+    time.sleep(2.0)  # and it is handed over once: no second load for the same daemon
+    assert new.status()["swaps"] == 1

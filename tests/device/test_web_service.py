@@ -13,8 +13,9 @@ SANDBOX_PREFIXES = ("Protect", "Private", "Restrict", "NoNewPrivileges", "LockPe
                     "SystemCall", "Capability", "AmbientCapabilities", "UMask", "ReadOnlyPaths", "InaccessiblePaths",
                     "Device", "IPAddress", "RemoveIPC", "KeyringMode")
 # Where the two differ on purpose: the page serves the LAN (network, no IP filter by default), has
-# no devices at all, no real time, writes only the bundles folder, makes files group pedal can read,
-# and needs none of the daemon's scheduling calls.
+# the sound card alone of the daemon's devices (a capture), no real time, writes only the bundles
+# folder and its own state folder, makes files group pedal can read, and needs none of the
+# daemon's scheduling calls.
 STRICTER_HERE = {"PrivateDevices", "DeviceAllow", "PrivateNetwork", "IPAddressDeny", "IPAddressAllow",
                  "RestrictAddressFamilies", "ReadWritePaths", "RestrictRealtime", "UMask", "SystemCallFilter"}
 
@@ -23,7 +24,12 @@ def test_the_web_unit_runs_unprivileged_below_the_pedal_and_sandboxed_like_the_d
     web, daemon = parse_unit(UNITS / "pedal-web.service"), parse_unit(UNITS / "pedal.service")
     s = web["Service"]
     assert one(web, "Service", "User") == "pedal-web" and one(web, "Service", "Group") == "pedal-web"
-    assert one(web, "Service", "SupplementaryGroups") == "pedal"  # the status socket and the bundles folder
+    # the status socket and the bundles folder; the sound card for a capture started from the page
+    assert one(web, "Service", "SupplementaryGroups") == "pedal audio"
+    assert s["DeviceAllow"] == ["char-alsa rw"] and one(web, "Service", "DevicePolicy") == "closed"
+    # the chosen bundle and the captures: its own folder on the daemon's data folder (the data
+    # partition with a read-only root), written by it alone
+    assert one(web, "Service", "StateDirectory") == "pedal/web" and one(web, "Service", "StateDirectoryMode") == "0750"
     assert "CPUSchedulingPolicy" not in s and "LimitRTPRIO" not in s and one(web, "Service", "RestrictRealtime") == "yes"
     assert int(one(web, "Service", "Nice")) > 0
     assert one(web, "Service", "CapabilityBoundingSet") == "" and one(web, "Service", "NoNewPrivileges") == "yes"
@@ -45,6 +51,10 @@ def test_the_web_units_command_line_is_one_the_program_takes():
     assert out.returncode == 0, out.stderr
     for flag in (w for w in exec_start if w.startswith("--")):
         assert flag in out.stdout, flag
+    # a capture from the page stops the daemon and starts it again through systemd (polkit: docs/web.md)
+    line = one(parse_unit(UNITS / "pedal-web.service"), "Service", "ExecStart")
+    assert '--daemon-stop "systemctl stop pedal.service"' in line
+    assert '--daemon-start "systemctl start pedal.service"' in line
 
 
 def test_provision_makes_the_web_user_installs_the_unit_and_asks_for_the_password(tmp_path):
