@@ -19,7 +19,7 @@ BUNDLE := build/$(EFFECT)
 DEMO := out/demo
 TESTKIT := build/testkit
 
-.PHONY: demo pedal pedal-steps test test-host test-device test-pi envs system-deps data train evaluate convert selftest clean distclean \
+.PHONY: demo pedal pedal-steps test test-host test-device test-pi image test-image envs system-deps data train evaluate convert selftest clean distclean \
         datasets-deps data-full bench bench-stream bench-context bench-loader bench-train bench-soak bench-effects bench-demo-spread bench-web
 
 # ---------------------------------------------------------------------------------------------------
@@ -132,6 +132,23 @@ test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 test-pi: $(TESTKIT)/tiny.pedal
 	$(SUDO) PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal tests/pi/test-pi.sh
 
+# a pedal SD card image from a stock Raspberry Pi OS Lite image (bookworm, 64-bit; .img or .img.xz),
+# written as a file: no root, no mounts, nothing downloaded (sfdisk reads the partition table, mtools
+# writes the boot partition, debugfs the root). The box finishes its set-up on the first boot: it runs
+# provision.sh there (apt and PyPI: the box needs the network), disables that step and reboots.
+# BUNDLE: .pedal files to put on it, the first one played (firmware_cfg/image/README.md).
+#   make image BASE=2024-11-19-raspios-bookworm-arm64-lite.img.xz [OUT=build/pedal.img] [BUNDLE=build/comp4.pedal]
+IMAGE_OUT := $(if $(filter command line,$(origin OUT)),$(OUT),build/pedal.img)
+image:
+	@[ -n "$(BASE)" ] || { echo "usage: make image BASE=RASPIOS-lite.img[.xz] [OUT=build/pedal.img] [BUNDLE=\"a.pedal b.pedal\"]" >&2; exit 2; }
+	firmware_cfg/image/make-image.sh --base "$(BASE)" --out "$(IMAGE_OUT)" $(if $(filter command line,$(origin BUNDLE)),$(foreach b,$(BUNDLE),--bundle "$(b)"))
+
+# make image on a stand-in Raspberry Pi OS image (same layout, built here without mounting), checked
+# file by file with debugfs and mtools; as root with build/pi-root cached (make test-pi), also the
+# first boot in the emulated arm64 root. Needs fdisk, mtools, dosfstools (apt). Not in `make test`.
+test-image:
+	tests/pi/test-image.sh
+
 # a small trained-and-converted bundle the device tests run against (about a minute to make)
 $(TESTKIT)/tiny.pedal: training/model.py training/train.py training/data.py training/demo.py convert/pipeline.py tests/make_testkit.py | .venv-host/.stamp
 	$(HOST) -m tests.make_testkit --out $(TESTKIT)
@@ -188,7 +205,7 @@ bench-web: .venv-device/.stamp .stamps/system $(TESTKIT)/tiny.pedal
 BENCH_MINUTES ?= 3
 BENCH_SEEDS ?= 0
 bench-effects: .venv-host/.stamp
-	$(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive echo
+	$(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive amp echo
 
 # the demo's spread: comp4, 3 seeds x 5 minutes (CPU clock, 2 threads), each seed on its own freshly
 # drawn dataset as a fresh clone's `make demo` would be (README, "What the demo reaches")

@@ -126,3 +126,16 @@ def test_the_static_curve_plot_names_each_setting_by_its_knobs_and_units(dataset
     assert len(set(labels)) == len(labels)  # no two legend entries read the same
     assert {"model", "target (comp4)"} <= set(labels)
     assert (tmp_path / "level_curves.png").stat().st_size > 10_000
+
+
+def test_a_cpu_clock_budget_counts_the_runs_own_cpu_time_not_the_wall_clock(dataset, tmp_path):
+    settings = {**read_config(TINY), "data": str(dataset), "max_steps": 0, "minutes": 0.05, "clock": "cpu",
+                "tensorboard": False}
+    cpu = time.process_time()
+    out = train(TrainConfig(**settings, out=str(tmp_path / "cpu")), log=lambda m: None)
+    cpu = time.process_time() - cpu
+    assert out["steps"] > 0
+    assert 3.0 <= out["train_seconds"] < 3.0 + 5.0  # 0.05 min at one thread, ended within a step or a validation
+    assert cpu >= out["train_seconds"]  # the budget was this process's CPU time, spent
+    with pytest.raises(ValueError, match="clock 'gpu'"):
+        train(TrainConfig(**{**settings, "clock": "gpu"}, out=str(tmp_path / "bad")), log=lambda m: None)
