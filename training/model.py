@@ -781,7 +781,33 @@ def macs_per_second(cfg: ModelConfig) -> float:
     return per_frame * cfg.sample_rate / cfg.hop
 
 
+def train_step_seconds(configs: dict, reps: int = 6, batch: int = 8, seconds: float = 1.0) -> dict:
+    """Median time of one training step (forward, backward, Adam) per named config, measured
+    interleaved (config after config, ``reps`` rounds) so that the ratios hold on a busy machine."""
+    import time
+    models = {}
+    for name, c in configs.items():
+        m = SignalTrainPi(c)
+        models[name] = (m, torch.optim.Adam(m.parameters(), 1e-3), torch.rand(batch, c.n_knobs))
+    x = 0.1 * torch.randn(batch, int(seconds * configs[next(iter(configs))].sample_rate) // 64 * 64)
+    times = {name: [] for name in configs}
+    for _ in range(reps + 1):  # the first round warms up
+        for name, (m, opt, k) in models.items():
+            t0 = time.perf_counter()
+            m(x, k).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t[1:])) for name, t in times.items()}
+
+
 if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description="Sizes and costs of the model's tiers and parts.")
+    ap.add_argument("--train-step", action="store_true",
+                    help="also time a training step (batch 8 x 1 s) per part configuration, interleaved")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
     for name in TIERS:
         for hop in (64, 128):
             c = tier_config(name, hop=hop)
@@ -791,3 +817,14 @@ if __name__ == "__main__":
     c = tier_config("small", shaper_units=8, delay_lines=1)
     print(f"small with shaper + delay line: {macs_per_second(c) / 1e6:.1f} M MAC/s, "
           f"{sum(p.numel() for p in SignalTrainPi(c).parameters()) / 1e3:.1f} k params")
+    if args.train_step:
+        torch.set_num_threads(args.threads)
+        configs = {"gain": tier_config("small", n_knobs=3, fir_taps=0),
+                   "gain+fir": tier_config("small", n_knobs=3),
+                   "gain+fir+shaper (16-tap pre-filter, no bank)": tier_config("small", n_knobs=3, shaper_units=8,
+                                                                               shaper_pre_taps=16, shaper_bank=0),
+                   "gain+fir+shaper": tier_config("small", n_knobs=3, shaper_units=8)}
+        t = train_step_seconds(configs)
+        base = t["gain+fir"]
+        for name, v in t.items():
+            print(f"training step, {name}: {v:.3f} s at {args.threads} thread(s) = {v / base:.2f}x gain+fir")
