@@ -83,8 +83,8 @@ def cmd_run(a) -> int:
     import signal
 
     from .audio import AlsaDuplex
-    from .daemon import (AutomationKnobs, Daemon, LiveKnobs, PassThrough, helpers_priority, remember_good, setup_realtime,
-                         start_bundle, warm_up)
+    from .daemon import (AutomationKnobs, Daemon, LiveKnobs, PassThrough, helpers_priority, read_choice, remember_good,
+                         setup_realtime, start_bundle, warm_up)
     from .engine import Engine
     log = logging.getLogger("pedal")
     # The audio thread needs the GIL once a period; a busy helper (a bundle loading) holds it for up
@@ -101,7 +101,7 @@ def cmd_run(a) -> int:
         crossfade_ms, status_socket, threads = au.dry_crossfade_ms, cfg.status.socket, cfg.model.threads
         bundles = sorted(Path(cfg.model.bundles_dir).glob("*.pedal")) if cfg.model.bundles_dir else []
         watchdog = cfg.watchdog.enabled
-        last_good = cfg.model.last_good
+        last_good, choice = cfg.model.last_good, cfg.model.choice
 
         def reload_path():  # SIGHUP: the bundle the config names now (it may have been edited)
             return load_config(a.config).model.bundle
@@ -110,7 +110,7 @@ def cmd_run(a) -> int:
         bundle_path, precision, threads = a.bundle, a.precision or None, 1
         rt, crossfade_ms, status_socket, bundles = (a.priority, not a.no_mlock, a.cpu), 10.0, a.status_socket, []
         watchdog = True
-        last_good = a.last_good
+        last_good, choice = a.last_good, a.choice
 
         def reload_path():
             return Path(a.bundle)
@@ -118,7 +118,13 @@ def cmd_run(a) -> int:
     # all started from this thread, get the one helpers_priority sets here.
     inherited_priority, helper_sched = helpers_priority(rt[0])
     # The configured bundle, or the last good copy when it is partial or bad (said below, and in status)
-    bundle, refused = (None, None) if a.passthrough else start_bundle(bundle_path, last_good)
+    # The bundle chosen last (footswitch, status socket, web page) while this config was in force;
+    # else the configured one; else the last good copy when that is partial or bad
+    chosen = None if a.passthrough else read_choice(choice, bundle_path)
+    bundle, refused = (None, None) if a.passthrough else start_bundle(bundle_path, last_good, chosen)
+    if chosen is not None and bundle is not None and not refused:
+        log.info("starting with %s, the bundle chosen last (%s); the config names %s", chosen, choice, bundle_path)
+        bundle_path = chosen
     if refused:
         log.error("%s", refused)
     m = bundle.manifest if bundle is not None else None
@@ -159,7 +165,7 @@ def cmd_run(a) -> int:
         led.show("on")
     daemon = Daemon(engine, duplex, knobs, status_socket, bundles, engine_kwargs, led, poller=poller,
                     stats_periods=n_periods + 64 if (a.stats and n_periods) else 1 << 16, reload_path=reload_path,
-                    watchdog=watchdog, fade_ms=crossfade_ms, last_good=last_good)
+                    watchdog=watchdog, fade_ms=crossfade_ms, last_good=last_good, choice=choice)
     if refused:
         daemon._refused(refused, bundle_path)  # status: last load REFUSED, the message; LED blinks
     elif bundle is not None:
@@ -402,6 +408,8 @@ def main(argv=None) -> int:
                         "times, xruns")
     p.add_argument("--last-good", default=None,
                    help="keep a copy of the bundle here; start from it when --bundle is partial or bad (as model.last_good)")
+    p.add_argument("--choice", default=None,
+                   help="record the bundle last switched to here and start with it next time (as model.choice)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("status", help="ask a running daemon, or tell it to bypass / load a bundle")
     p.add_argument("--socket", default=None, help="default: the config's status.socket, else /run/pedal/status.sock")

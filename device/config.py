@@ -159,6 +159,10 @@ class ModelConfig:
     # a copy of the last bundle that loaded, kept by the daemon: it starts from this one when
     # `bundle` is partial or bad (a copy cut off by a power cut, a broken file); "" = none
     last_good: Path | None = _key(None, "optpath")
+    # where the daemon records the bundle it last switched to (footswitch, status socket `load`,
+    # web page): it starts with that one after a restart or a power cut, unless `bundle` above was
+    # changed since (then the config wins); "" = always start with `bundle`
+    choice: Path | None = _key(None, "optpath")
     precision: str = _key("", "str", _one_of(("",) + PRECISIONS))  # "" = the bundle's default
     threads: int = _key(1, "int", _between(1, 8))  # TFLite interpreter threads
 

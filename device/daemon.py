@@ -196,13 +196,58 @@ def warm_up(engine, hops: int = 16) -> None:
     runner.reset()
 
 
-def start_bundle(path, last_good=None) -> tuple[Bundle, str | None]:
-    """The bundle the daemon starts with: the configured ``path``, or, when that one is partial or
-    bad (a copy cut off by a power cut, a broken file), the last good copy at ``last_good``.
-    -> (bundle, None), or (the last good bundle, why the configured one was refused). Raises
-    BundleError when neither loads."""
+def read_choice(choice, configured) -> Path | None:
+    """The bundle last switched to (``remember_choice``), when it still applies: it was recorded
+    while the config named ``configured`` (a config edited since wins: the user asked for that
+    bundle) and it is still there. None otherwise, or when ``choice`` is off ("" / None)."""
+    if not choice or not Path(choice).exists():
+        return None
     try:
-        return load_bundle(path), None
+        d = json.loads(Path(choice).read_text())
+        chosen, was = Path(str(d["bundle"])), str(d["configured"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable (%s); starting with the configured bundle", choice, e)
+        return None
+    if was != str(configured):
+        log.info("%s: chosen while the config named %s, now %s: the config's bundle wins", choice, was, configured)
+        return None
+    if not chosen.exists():
+        log.warning("%s: the chosen bundle %s is gone; starting with the configured one", choice, chosen)
+        return None
+    return None if chosen == Path(configured) else chosen
+
+
+def remember_choice(choice, path, configured) -> bool:
+    """Record ``path`` as the bundle to start with while the config names ``configured``: written
+    atomically (device/atomic.py), so a power cut leaves the old choice or the new one. Nothing is
+    written when the record already says so (an SD card wears). -> whether it was written."""
+    if not choice or configured is None:
+        return False
+    record = {"bundle": str(Path(path)), "configured": str(configured)}
+    try:
+        if json.loads(Path(choice).read_text()) == record:
+            return False
+    except (OSError, ValueError):
+        pass
+    with atomic_path(choice, mode=0o664) as tmp:
+        Path(tmp).write_text(json.dumps(record) + "\n")
+    return True
+
+
+def start_bundle(path, last_good=None, chosen=None) -> tuple[Bundle, str | None]:
+    """The bundle the daemon starts with: the one last chosen (``chosen``: the footswitch, the
+    status socket's ``load``, the web page; see ``read_choice``), else the configured ``path``,
+    or, when that one is partial or bad (a copy cut off by a power cut, a broken file), the last
+    good copy at ``last_good``. -> (bundle, None), or (the bundle it fell back to, why the one
+    before it was refused). Raises BundleError when none loads."""
+    chosen_refused = None
+    if chosen is not None:
+        try:
+            return load_bundle(chosen), None
+        except BundleError as e:
+            chosen_refused = f"chosen bundle refused ({e}); started from the configured bundle {path}"
+    try:
+        return load_bundle(path), chosen_refused
     except BundleError as e:
         if not last_good or not Path(last_good).is_file():
             raise
@@ -245,7 +290,7 @@ class Daemon:
     def __init__(self, engine: Engine, duplex: AlsaDuplex, knobs, status_socket: Path | None = None,
                  bundles: list[Path] | None = None, engine_kwargs: dict | None = None, led=None, poller=None,
                  stats_periods: int = 1 << 16, reload_path=None, watchdog: bool = True, fade_ms: float = 10.0,
-                 max_backoff_s: float = 2.0, last_good=None):
+                 max_backoff_s: float = 2.0, last_good=None, choice=None):
         if duplex.period % engine.hop:
             raise AlsaError(f"period {duplex.period} frames is not a multiple of the model's hop {engine.hop}")
         self.engine, self.duplex, self.knobs = engine, duplex, knobs
@@ -288,6 +333,7 @@ class Daemon:
         self.led, self.poller = led, poller
         self.reload_path = reload_path  # () -> the configured bundle path (SIGHUP, "reload")
         self.last_good = last_good  # where a copy of each bundle that passes its self-check is kept
+        self.choice = choice  # where the bundle last switched to is recorded, to start with it again
         self.watchdog = watchdog
         self.fault_until = 0.0
         self.last_load: dict | None = None
@@ -456,6 +502,12 @@ class Daemon:
                         log.info("bundle %s kept as the last good bundle (%s)", path, self.last_good)
                 except (OSError, BundleError) as e:
                     log.warning("no last good copy of %s: %s", path, e)
+                try:
+                    configured = self.reload_path() if self.reload_path is not None else None
+                    if remember_choice(self.choice, path, configured):
+                        log.info("bundle %s recorded in %s: the daemon starts with it after a restart", path, self.choice)
+                except Exception as e:  # a config edited into something invalid, a full card: keep playing
+                    log.warning("the choice of %s is not recorded: %s", path, e)
             except Exception as e:  # any failure (bad archive, missing file, bad model): refuse, keep playing
                 log.error("bundle refused, keeping the current one: %s", e)
                 self._refused(str(e), path)

@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     p.add_argument("--socket", default=None, help="the daemon's status socket (overrides the config)")
     p.add_argument("--bundles-dir", default=None, help="where bundles are listed and uploads go (overrides the config)")
     p.add_argument("--password-file", default=DEFAULT_PASSWORD_FILE)
-    p.add_argument("--state-dir", default=None, help="where the bundle chosen on the page is kept (bundle.json) and "
-                   "captures go (captures/); default /var/lib/pedal/web")
+    p.add_argument("--state-dir", default=None, help="where captures go (captures/); "
+                   "default /var/lib/pedal/web")
     p.add_argument("--captures-dir", default=None, help="where captures go (default: STATE_DIR/captures)")
     p.add_argument("--daemon-stop", default="", metavar="CMD", help="a command that stops the daemon for a capture "
                    "(it holds the sound card), e.g. 'systemctl stop pedal.service'; without it a capture needs "

@@ -20,8 +20,8 @@
 Every POST needs the session's CSRF token in ``X-CSRF-Token`` (auth.py). The daemon's socket
 speaks one line per command, so nothing a client sends reaches it unchecked: knob names must be
 knob names, values numbers, bundle names plain names of files that exist in the bundles folder.
-A capture runs as its own process (capture.py); the bundle chosen here is kept in the state folder
-and played again when the daemon restarts (``keep_choice``).
+A capture runs as its own process (capture.py). A bundle played from here is the daemon's choice
+like any other switch: the daemon records it (model.choice) and starts with it after a restart.
 """
 from __future__ import annotations
 
@@ -75,11 +75,10 @@ class Settings:
     login_max_wait_s: float = 300.0
     verify_timeout_s: float = 120.0
     config: Path | None = None  # the daemon's pedal.toml: a capture opens the audio interface it names
-    state_dir: Path = Path("/var/lib/pedal/web")  # the chosen bundle (bundle.json) and captures/
+    state_dir: Path = Path("/var/lib/pedal/web")  # captures/ (and what the capture runner keeps)
     captures_dir: Path | None = None  # default: state_dir / "captures"
     daemon_stop: str = ""  # a command that stops the daemon for a capture ("systemctl stop pedal.service")
     daemon_start: str = ""  # ... and starts it again afterwards
-    restore_every_s: float = 1.0  # how often the server looks for a restarted daemon to give the chosen bundle
 
 
 class DaemonDown(Exception):
@@ -176,7 +175,6 @@ def make_app(settings: Settings) -> Starlette:
         except DaemonDown:
             return False
     capture = cap.CaptureRunner(settings, daemon_alive)
-    restored = {"started": None}  # the daemon (by its start time) that was given the chosen bundle
 
     def refuse(status: int, message: str, **extra) -> JSONResponse:
         return JSONResponse({"ok": False, "error": message, **extra}, status_code=status)
@@ -310,8 +308,7 @@ def make_app(settings: Settings) -> Starlette:
     async def api_panel(request: Request):
         out = {"ok": True, "bundles": store.list_bundles(settings.bundles_dir),
                "box": {"cpu": box_cpu.use(), "temp_c": temperature_c()},
-               "upload_max_bytes": settings.max_upload_bytes, "capture": capture.status(),
-               "chosen": store.read_choice(settings.state_dir)}
+               "upload_max_bytes": settings.max_upload_bytes, "capture": capture.status()}
         out["daemon"] = await fetch_panel()
         if panel_cache["error"]:
             out["daemon_error"] = panel_cache["error"]
@@ -352,17 +349,7 @@ def make_app(settings: Settings) -> Starlette:
         path = Path(settings.bundles_dir) / name
         if not path.is_file():
             return refuse(404, f"no bundle {name} in {settings.bundles_dir}")
-        r = await daemon(f"load {path}")
-        if r.status_code == 200:
-            choose(name)
-        return r
-
-    def choose(name: str) -> None:
-        """Keep the choice for the next start of the daemon; a choice that cannot be kept still plays."""
-        try:
-            store.remember_choice(settings.state_dir, name)
-        except OSError as e:
-            log.warning("bundle %s plays, but the choice is not kept for a restart: %s", name, e)
+        return await daemon(f"load {path}")  # the daemon records the choice (model.choice)
 
     @guarded(change=True)
     async def api_upload(request: Request):
@@ -413,8 +400,6 @@ def make_app(settings: Settings) -> Starlette:
                 loading = await ask(settings.socket, f"load {dest}")
             except DaemonDown as e:
                 loading = {"ok": False, "error": str(e)}
-            if loading.get("ok"):
-                choose(name)
             return JSONResponse({"ok": True, "name": name, "verified": True, "message": result["message"],
                                  "effect": result.get("effect"), "load": loading})
         finally:
@@ -439,35 +424,6 @@ def make_app(settings: Settings) -> Starlette:
             why = f"signal {-proc.returncode}" if proc.returncode and proc.returncode < 0 else f"exit {proc.returncode}"
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
             return {"ok": False, "message": f"the model crashed the verifier ({why}) {tail[0]}".strip()}
-
-    # --- the chosen bundle after a restart ------------------------------------------------------
-    async def keep_choice():
-        """A daemon that (re)started and has not switched bundles since gets the bundle chosen on the
-        page: it starts with its configured one (model.bundle), and this hands it the chosen one as
-        soon as it answers. Once per daemon start: a refusal is not retried, a footswitch or ssh
-        switch is not undone (the daemon has swapped by then)."""
-        while True:
-            await asyncio.sleep(settings.restore_every_s)
-            try:
-                name = store.read_choice(settings.state_dir)
-                if name is None or capture.busy:
-                    continue
-                d = await fetch_panel()
-                if not d or "uptime_s" not in d:
-                    continue
-                started = time.time() - float(d["uptime_s"])
-                if restored["started"] is not None and abs(started - restored["started"]) < 3.0:
-                    continue  # this daemon was seen already
-                restored["started"] = started
-                path = Path(settings.bundles_dir) / name
-                playing = d.get("bundle_source")
-                if d.get("swaps", 0) or not path.is_file() or (playing and Path(playing).resolve() == path.resolve()):
-                    continue
-                reply = await ask(settings.socket, f"load {path}")
-                log.info("the daemon started with %s; the bundle chosen on the page is %s: %s", playing, name,
-                         "loading it" if reply.get("ok") else reply.get("error"))
-            except (DaemonDown, OSError, ValueError, TypeError) as e:
-                log.warning("keeping the chosen bundle: %s", e)
 
     # --- capture -------------------------------------------------------------------------------
     def refused(e: cap.Refused) -> JSONResponse:
@@ -533,11 +489,9 @@ def make_app(settings: Settings) -> Starlette:
             await capture.recover()
         except OSError as e:
             log.warning("capture recovery: %s", e)
-        keeper = asyncio.create_task(keep_choice())
         try:
             yield
         finally:
-            keeper.cancel()
             await capture.shutdown()
 
     routes = [Route("/login", login_get, methods=["GET"]), Route("/login", login_post, methods=["POST"]),

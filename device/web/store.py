@@ -20,7 +20,6 @@ import re
 import secrets
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 SUFFIX = ".pedal"
@@ -98,29 +97,6 @@ def commit(tmp: Path, folder: Path, name: str) -> Path:
     except OSError:
         pass
     return dest
-
-
-# --- the bundle chosen on the page, kept across restarts ----------------------------------------
-CHOICE_FILE = "bundle.json"  # in the web server's state folder (--state-dir; /var/lib/pedal/web on the box)
-
-
-def remember_choice(state_dir: Path, name: str) -> Path:
-    """Keep ``name`` (a bundle of the bundles folder) as the one to play after a restart: written
-    atomically and durably (device/atomic.py), so a power cut leaves the old choice or the new one."""
-    from device.atomic import write_atomic
-    if name_problem(name):
-        raise ValueError(name_problem(name))
-    return write_atomic(Path(state_dir) / CHOICE_FILE,
-                        json.dumps({"bundle": name, "chosen": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n", mode=0o640)
-
-
-def read_choice(state_dir: Path) -> str | None:
-    """The bundle name chosen on the page, or None (none chosen, or a file that is not ours)."""
-    try:
-        name = json.loads((Path(state_dir) / CHOICE_FILE).read_text()).get("bundle")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) and not name_problem(name) else None
 
 
 def verify(path: str, precision: str = "", rate: int = 0, period: int = 0) -> dict:

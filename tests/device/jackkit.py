@@ -163,7 +163,7 @@ def write_knob_file(path: Path, positions) -> None:
 
 
 def write_config(path: Path, bundle: Path, knob_file: Path, sock: Path, specs, period: int = 128,
-                 periods: int = 2, log_level: str = "info", precision: str = "float32") -> Path:
+                 periods: int = 2, log_level: str = "info", precision: str = "float32", choice: Path | None = None) -> Path:
     """A daemon config on the JACK rig. The precision is pinned (float32 by default): the bundle's
     default is chosen by timing on the converting machine, and the tests that compare outputs
     sample for sample need the same model on every machine."""
@@ -182,6 +182,7 @@ playback_channels = 2
 [model]
 bundle = "{Path(bundle).resolve()}"
 precision = "{precision}"
+choice = "{choice or ''}"
 
 [knobs]
 source = "file"

@@ -6,6 +6,7 @@ last good copy and says why, in the log and in its status.
 
 A power cut is played by SIGKILL in the middle of a write: what is on disk then is what a cut
 leaves (the page cache aside, which fsync-then-rename covers)."""
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from device.atomic import STALE_TMP_S, TMP_INFIX, write_atomic
 from device.bundle import BundleError, load_bundle, write_bundle
-from device.daemon import Daemon, start_bundle, remember_good
+from device.daemon import Daemon, read_choice, remember_choice, remember_good, start_bundle
 from device.engine import Engine
 from device.knobtool import write_calibrations
 from device.pots import PotCalibration
@@ -210,6 +211,46 @@ def test_the_status_says_which_bundle_was_refused_and_why(bundle_path, tmp_path)
     print(text)
     assert f"last load REFUSED: {configured}: configured bundle refused" in text
     assert f"started from the last good bundle {last_good}" in text
+
+
+def test_the_bundle_switched_to_last_is_the_one_the_daemon_starts_with_until_the_config_changes(
+        bundle_path, new_bundle, tmp_path):
+    from .memcard import MemCard
+    configured, choice = tmp_path / "comp4.pedal", tmp_path / "state" / "choice.json"
+    configured.write_bytes(bundle_path.read_bytes())
+    choice.parent.mkdir()
+    bundle = load_bundle(configured)
+    engine = Engine(bundle)
+    engine.prime(knob_row(bundle))
+    d = Daemon(engine, MemCard(np.zeros(SR, np.float32), period=256), AutomationKnobs(knob_row(bundle)[None, :]),
+               reload_path=lambda: configured, choice=choice)
+    d.load_async(new_bundle).join()  # the footswitch, the status socket's load, the web page: all end here
+    assert d.last_load["ok"]
+    assert json.loads(choice.read_text()) == {"bundle": str(new_bundle), "configured": str(configured)}
+    assert [p.name for p in choice.parent.iterdir()] == ["choice.json"]  # written atomically: no temporaries
+    mtime = choice.stat().st_mtime_ns
+    assert not remember_choice(choice, new_bundle, configured) and choice.stat().st_mtime_ns == mtime  # no rewrite
+
+    chosen = read_choice(choice, configured)  # what `run` does at start
+    assert chosen == new_bundle
+    started, refused = start_bundle(configured, None, chosen)
+    assert started.source == new_bundle and refused is None
+    # the config names another bundle since: it wins
+    assert read_choice(choice, tmp_path / "other.pedal") is None
+    # the chosen file broken (a copy cut off): the configured bundle, and why
+    broken = tmp_path / "broken.pedal"
+    broken.write_bytes(new_bundle.read_bytes()[:20000])
+    remember_choice(choice, broken, configured)
+    started, refused = start_bundle(configured, None, read_choice(choice, configured))
+    assert started.source == configured and "chosen bundle refused" in refused and str(broken) in refused
+    # gone, or an unreadable record: the configured bundle, quietly
+    broken.unlink()
+    assert read_choice(choice, configured) is None
+    choice.write_text("{not json")
+    assert read_choice(choice, configured) is None
+    # switching back to the configured bundle (SIGHUP, or from the list) records it: no surprise later
+    d.load_async(configured).join()
+    assert read_choice(choice, configured) is None and json.loads(choice.read_text())["bundle"] == str(configured)
 
 
 # --- a read-only root (provision.sh --read-only-root) ------------------------------------------------

@@ -68,8 +68,7 @@ def box(tmp_path):
     bundles.mkdir()
     write_password_file(tmp_path / "web-password", PASSWORD)
     settings = Settings(socket=sock, bundles_dir=bundles, password_file=tmp_path / "web-password",
-                        precision="float32", max_upload_bytes=4 << 20, state_dir=tmp_path / "web",
-                        restore_every_s=0.05)
+                        precision="float32", max_upload_bytes=4 << 20, state_dir=tmp_path / "web")
     with TestClient(make_app(settings), base_url="http://pedal.local") as client:
         client.daemon, client.bundles, client.settings = daemon, bundles, settings
         yield client
@@ -244,9 +243,7 @@ def test_a_corrupted_upload_is_refused_with_the_reason_and_a_good_one_is_kept_an
     assert r.status_code == 200 and r.json()["verified"] is True, r.text
     assert (box.bundles / "comp4-new.pedal").read_bytes() == good
     assert [p.name for p in box.bundles.iterdir()] == ["comp4-new.pedal"]
-    # (the server asks for the panel now and then, to hand a restarted daemon the chosen bundle)
-    assert [c for c in box.daemon.commands if c != "panel"][-1] == f"load {box.bundles / 'comp4-new.pedal'}"
-    assert json.loads((box.settings.state_dir / "bundle.json").read_text())["bundle"] == "comp4-new.pedal"
+    assert box.daemon.commands[-1] == f"load {box.bundles / 'comp4-new.pedal'}"
     listed = box.get("/api/panel").json()["bundles"]
     assert [(b["name"], b["effect"]) for b in listed] == [("comp4-new.pedal", "comp4")]
 
@@ -320,32 +317,3 @@ def test_the_capture_plan_is_the_commands_own_and_a_capture_needs_the_daemons_co
     assert box.get("/api/captures").json()["available"] is False
 
 
-def test_the_bundle_chosen_on_the_page_is_kept_and_given_to_a_restarted_daemon(box):
-    csrf = logged_in(box)
-    h = {"X-CSRF-Token": csrf}
-    for name in ("comp4.pedal", "comp4-v2.pedal", "refused.pedal"):
-        (box.bundles / name).write_bytes(b"a bundle")
-    choice = box.settings.state_dir / "bundle.json"
-    assert box.post("/api/bundle", json={"name": "comp4-v2.pedal"}, headers=h).status_code == 200
-    assert json.loads(choice.read_text())["bundle"] == "comp4-v2.pedal"
-    assert stat.S_IMODE(choice.stat().st_mode) == 0o640
-    assert box.post("/api/bundle", json={"name": "refused.pedal"}, headers=h).status_code == 400
-    assert json.loads(choice.read_text())["bundle"] == "comp4-v2.pedal"  # a refused bundle is not kept
-    assert [p.name for p in choice.parent.iterdir()] == ["bundle.json"]  # no temporaries left behind
-    assert box.get("/api/panel").json()["chosen"] == "comp4-v2.pedal"
-    # the daemon restarts with its configured bundle: the server hands it the chosen one, once
-    import time
-    box.daemon.commands.clear()
-    box.daemon.panel = {"ok": True, "effect": "comp4", "uptime_s": 1.0, "swaps": 0,
-                        "bundle_source": str(box.bundles / "comp4.pedal")}
-    deadline = time.monotonic() + 5
-    want = f"load {box.bundles / 'comp4-v2.pedal'}"
-    while want not in box.daemon.commands and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)  # ... and only once for this start of the daemon
-    assert box.daemon.commands.count(want) == 1, box.daemon.commands
-    # a daemon that switched bundles since it started (the footswitch) is left alone
-    box.daemon.commands.clear()
-    box.daemon.panel = {**box.daemon.panel, "uptime_s": 0.5, "swaps": 1}
-    time.sleep(0.5)
-    assert not any(c.startswith("load") for c in box.daemon.commands)
