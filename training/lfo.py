@@ -30,8 +30,8 @@ delay, at every moment. So it is measured from the pairs, in four steps:
    coefficient is fitted per pair to its track, then mapped over the knobs like the rate.
 
 The output (``LfoFit``) says whether the data show a modulated delay, and holds the maps (the
-spline weights) that a model's modulation part is set from (``SignalTrainPi.set_lfo_maps``),
-with every pair's track and the maps' error against it.
+spline weights) that a model's modulation part would be set from (that part is not built yet:
+docs/effects.md, "Modulation"), with every pair's track and the maps' error against it.
 """
 from __future__ import annotations
 
