@@ -6,7 +6,7 @@
 #   sudo ./firmware_cfg/provision.sh --dry-run        # print what it would do, change nothing
 #
 # What it does (each step is safe to repeat; running it again updates the code and the units):
-#   1. apt: python3-venv, python3-dev, libasound2-dev, gcc, alsa-utils, ... (pyalsaaudio builds
+#   1. apt: python3-venv, python3-dev, libasound2-dev, gcc, alsa-utils, polkitd, ... (pyalsaaudio builds
 #      from source against alsa-lib)
 #   2. a system user "pedal" in groups audio, gpio, spi, i2c; the login user joins group "pedal"
 #      so that it may copy bundles into /var/lib/pedal/bundles; a system user "pedal-web" in
@@ -14,7 +14,8 @@
 #   3. device/ -> /opt/pedal/device, requirements/device.txt -> /opt/pedal/requirements/
 #   4. /opt/pedal/venv: python3 -m venv, pip install -r requirements/device.txt
 #   5. /etc/pedal/pedal.toml (kept if you edited it), /etc/asound.conf, limits.d, modules-load.d, systemd units,
-#      NetworkManager Wi-Fi power saving off, the boot config block in /boot/firmware/config.txt
+#      NetworkManager Wi-Fi power saving off, the boot config block in /boot/firmware/config.txt,
+#      the polkit rule that lets the web page stop and start pedal.service (for a capture)
 #      the web page's password (asked once on a terminal, or PEDAL_WEB_PASSWORD; stored as a hash)
 #   6. systemctl enable pedal.service pedal-cpu-performance.service pedal-web.service
 #
@@ -53,7 +54,7 @@ STATE_DIR=/var/lib/pedal
 WEB_USER=pedal-web
 UNITS=(pedal.service pedal-selftest.service pedal-cpu-performance.service pedal-web.service)
 ENABLED_UNITS=(pedal-cpu-performance.service pedal.service pedal-web.service)
-APT_PACKAGES=(python3-venv python3-dev libasound2-dev gcc alsa-utils libsndfile1 i2c-tools)
+APT_PACKAGES=(python3-venv python3-dev libasound2-dev gcc alsa-utils libsndfile1 i2c-tools polkitd)
 # From the Raspberry Pi archive (absent on plain Debian): the pin libraries gpiozero drives.
 APT_OPTIONAL=(python3-lgpio python3-spidev)
 HARDWARE_GROUPS=(audio gpio spi i2c)
@@ -305,6 +306,8 @@ install_file "$CFG_DIR/NetworkManager/99-pedal-wifi-powersave.conf" \
 for u in "${UNITS[@]}"; do
     install_file "$CFG_DIR/systemd/$u" "/etc/systemd/system/$u" 0644
 done
+# the web page's user may stop and start pedal.service (a capture from the page), nothing else
+install_file "$CFG_DIR/polkit/50-pedal-web.rules" /etc/polkit-1/rules.d/50-pedal-web.rules 0644
 
 bundles="$(target "$STATE_DIR/bundles")"
 run mkdir -p "$bundles"

@@ -43,6 +43,7 @@ INSTALLED = {
     "systemd/pedal-selftest.service": "etc/systemd/system/pedal-selftest.service",
     "systemd/pedal-cpu-performance.service": "etc/systemd/system/pedal-cpu-performance.service",
     "systemd/pedal-web.service": "etc/systemd/system/pedal-web.service",
+    "polkit/50-pedal-web.rules": "etc/polkit-1/rules.d/50-pedal-web.rules",
     "pedal.toml": "etc/pedal/pedal.toml",
     "README.md": "opt/pedal/firmware_cfg/README.md",
 }
