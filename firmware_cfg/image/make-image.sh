@@ -21,12 +21,14 @@
 # it needs the network), disables itself and reboots (firmware_cfg/image/README.md).
 #
 # Needs: sfdisk (fdisk), mtools, e2fsprogs (debugfs, e2fsck, dumpe2fs); xz or gzip for a compressed base.
+# Environment: PEDAL_SRC=/path  the repository (or a copy of its device/, requirements/ and
+#              firmware_cfg/) to take the files from; default: the one this script is in.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
+REPO="$(cd "${PEDAL_SRC:-$HERE/../..}" && pwd)"   # PEDAL_SRC: the repository to take the files from
 CFG="$REPO/firmware_cfg"
-FB="$HERE/firstboot"
+FB="$CFG/image/firstboot"
 T0=$(date +%s)
 
 BASE="" OUT="" NEW_HOSTNAME=pedal

@@ -7,7 +7,8 @@
 # filled with `mkfs.ext4 -d` from the cached emulated root of `make test-pi` (build/pi-root, when it
 # is there and readable) or from a small tree. Then:
 #
-#   1. make image BASE=base.img OUT=... BUNDLE=...   (as user nobody when this runs as root: no root needed)
+#   1. make image BASE=base.img OUT=... BUNDLE=...   (as user nobody when this runs as root: no root needed;
+#      the files from a snapshot of this checkout, PEDAL_SRC, so that edits made meanwhile do not count)
 #      and every check below: the partition table and the MBR unchanged, config.txt = the stock one
 #      + the SignalTrain-Pi block exactly once, the original kept, cmdline.txt untouched, ssh and
 #      pedal-firstboot.conf on the boot partition, every file of /opt/pedal/src and the first-boot
@@ -60,6 +61,14 @@ export MTOOLS_SKIP_CHECK=1
 
 mkdir -p "$T"
 rm -rf "${T:?}"/*    # build/image-test holds only this test's files (never a pi-* root)
+# make image takes the files from a snapshot of this checkout (PEDAL_SRC), so that the runs below
+# compare equal while someone edits the tree; the checks compare with the same snapshot
+SRC="$T/src"
+mkdir -p "$SRC"
+(cd "$REPO" && find device firmware_cfg requirements -name __pycache__ -prune -o -name '*.pyc' -o \( -type f -o -type l \) -print0 \
+    | tar --null -T - -cf -) | tar -xf - -C "$SRC"
+export PEDAL_SRC="$SRC"
+cd "$SRC"
 
 # --- the stand-in base image -------------------------------------------------------------------------
 STOCK_CONFIG="$T/stock-config.txt"
@@ -180,9 +189,9 @@ e2_walk() {  # img dir
 }
 # What /opt/pedal/src must hold, from this checkout: "path mode uid gid", and a folder of the files.
 expect_src() {
-    (cd "$REPO" && { find device firmware_cfg -name __pycache__ -prune -o -name '*.pyc' -o -print; echo requirements; echo requirements/device.txt; }) \
+    (cd "$SRC" && { find device firmware_cfg -name __pycache__ -prune -o -name '*.pyc' -o -print; echo requirements; echo requirements/device.txt; }) \
         | while read -r rel; do
-            if [[ -d $REPO/$rel ]]; then m=40755; elif [[ -x $REPO/$rel ]]; then m=100755; else m=100644; fi
+            if [[ -d $SRC/$rel ]]; then m=40755; elif [[ -x $SRC/$rel ]]; then m=100755; else m=100644; fi
             printf '/opt/pedal/src/%s %s 0 0\n' "$rel" "$m"
           done
     printf '/opt/pedal/src/bundles 40755 0 0\n/opt/pedal/src/bundles/%s 100644 0 0\n' "$BNAME"
@@ -223,11 +232,11 @@ check_image() {  # img label
         diff -u "$x/src.expected" "$x/src.tree"
     e2 -R "rdump /opt/pedal/src \"$x\"" "$ext"
     local same=1 rel
-    for rel in $(cd "$REPO" && find device firmware_cfg -name __pycache__ -prune -o -name '*.pyc' -o -type f -print) requirements/device.txt; do
-        cmp -s "$REPO/$rel" "$x/src/$rel" || { same=0; echo "      differs: $rel"; }
+    for rel in $(cd "$SRC" && find device firmware_cfg -name __pycache__ -prune -o -name '*.pyc' -o -type f -print) requirements/device.txt; do
+        cmp -s "$SRC/$rel" "$x/src/$rel" || { same=0; echo "      differs: $rel"; }
     done
     cmp -s "$BUNDLE" "$x/src/bundles/$BNAME" || { same=0; echo "      differs: bundles/$BNAME"; }
-    check "/opt/pedal/src: every file's content = this checkout's (and the bundle's)" test $same = 1
+    check "/opt/pedal/src: every file's content = the checkout's (and the bundle's)" test $same = 1
     stat_of() { e2 -R "stat \"$1\"" "$ext" | awk '/^Inode:/ {print $6} /^User:/ {print $2 ":" $4}' | paste -sd' ' -; }
     check "/usr/local/sbin/pedal-firstboot: content, 0755 root:root" \
         cmp -s <(e2 -R 'cat /usr/local/sbin/pedal-firstboot' "$ext"; stat_of /usr/local/sbin/pedal-firstboot) \
@@ -330,7 +339,7 @@ make --no-print-directory -C "$REPO" image > "$T/make-image.log" 2>&1 && bad "ma
 if command -v systemd-analyze >/dev/null; then
     mkdir -p "$T/units"
     sed "s|/usr/local/sbin/pedal-firstboot|$REPO/firmware_cfg/image/firstboot/pedal-firstboot|" \
-        firmware_cfg/image/firstboot/pedal-firstboot.service > "$T/units/pedal-firstboot.service"
+        "$SRC/firmware_cfg/image/firstboot/pedal-firstboot.service" > "$T/units/pedal-firstboot.service"
     out="$(cd "$T/units" && systemd-analyze verify --man=no pedal-firstboot.service 2>&1 | grep pedal-firstboot || true)"
     check "systemd-analyze verify pedal-firstboot.service${out:+: $out}" test -z "$out"
 fi
@@ -411,9 +420,11 @@ else
     check "the device code is installed" test -f "$FB_ROOT/opt/pedal/device/__main__.py"
     check "user pedal exists" grep -q '^pedal:' "$FB_ROOT/etc/passwd"
     check "the login user (uid 1000) is in group pedal" grep -qE "^pedal:[^:]*:[0-9]+:.*\b$(awk -F: '$3 == 1000 {print $1}' "$FB_ROOT/etc/passwd")\b" "$FB_ROOT/etc/group"
-    bundle_owner="$(stat -c '%U:%G' "$FB_ROOT/var/lib/pedal/bundles/$BNAME" 2>/dev/null || echo missing)"
-    check "the bundle installed in /var/lib/pedal/bundles, owner pedal ($bundle_owner)" \
-        test "$bundle_owner" = pedal:pedal -a "$(sha256sum < "$FB_ROOT/var/lib/pedal/bundles/$BNAME" 2>/dev/null)" = "$(sha256sum < "$BUNDLE")"
+    # owners as numbers: the root's own pedal user is not this machine's
+    bundle_owner="$(stat -c '%u:%g' "$FB_ROOT/var/lib/pedal/bundles/$BNAME" 2>/dev/null || echo missing)"
+    pedal_ids="$(awk -F: '$1 == "pedal" {print $3 ":" $4}' "$FB_ROOT/etc/passwd")"
+    check "the bundle installed in /var/lib/pedal/bundles, owner pedal ($bundle_owner = pedal's $pedal_ids in the root)" \
+        test -n "$pedal_ids" -a "$bundle_owner" = "$pedal_ids" -a "$(sha256sum < "$FB_ROOT/var/lib/pedal/bundles/$BNAME" 2>/dev/null)" = "$(sha256sum < "$BUNDLE")"
     check "pedal.service enabled" test -L "$FB_ROOT/etc/systemd/system/multi-user.target.wants/pedal.service"
     check "pedal-firstboot.service disabled" test ! -e "$FB_ROOT/etc/systemd/system/multi-user.target.wants/pedal-firstboot.service" -a ! -L "$FB_ROOT/etc/systemd/system/multi-user.target.wants/pedal-firstboot.service"
     check "pedal-firstboot.conf renamed pedal-firstboot.done" test ! -e "$FB_ROOT/boot/firmware/pedal-firstboot.conf" -a -f "$FB_ROOT/boot/firmware/pedal-firstboot.done"
