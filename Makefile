@@ -205,12 +205,12 @@ bench-web: .venv-device/.stamp .stamps/system $(TESTKIT)/tiny.pedal
 BENCH_MINUTES ?= 3
 BENCH_SEEDS ?= 0
 bench-effects: .venv-host/.stamp
-	$(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive amp echo
+	OMP_WAIT_POLICY=PASSIVE $(HOST) -m training.bench_effects --minutes $(BENCH_MINUTES) --seeds $(BENCH_SEEDS) --baselines lstm tcn --baseline-effects drive amp echo
 
 # the demo's spread: comp4, 3 seeds x 5 minutes (CPU clock, 2 threads), each seed on its own freshly
 # drawn dataset as a fresh clone's `make demo` would be (README, "What the demo reaches")
 bench-demo-spread: .venv-host/.stamp
-	$(HOST) -m training.bench_effects --effects comp4 --seeds 0 1 2 --minutes 5 --fresh-data --out out/bench-demo
+	OMP_WAIT_POLICY=PASSIVE $(HOST) -m training.bench_effects --effects comp4 --seeds 0 1 2 --minutes 5 --fresh-data --out out/bench-demo
 
 # held-out ESR against the number of captured knob settings (8, 16, 32, 64) for comp4 and drive, Latin
 # hypercube against random draws: captures made offline through device/capture's signal, checks and
@@ -223,7 +223,7 @@ bench-capture: .venv-host/.stamp
 
 # attention vs no attention, same data and budget each (2 x MINUTES of training)
 bench-train: .venv-host/.stamp $(DATA)/dataset.json
-	$(HOST) -m training.bench_train --data $(DATA) --minutes $(MINUTES)
+	OMP_WAIT_POLICY=PASSIVE $(HOST) -m training.bench_train --data $(DATA) --minutes $(MINUTES)
 
 # Neural Amp Modeler's WaveNet (standard, lite) beside ours: MAC/s and time per audio second, PyTorch
 # and TFLite. Its own environment (NAM 0.12.3: the last release with those presets; torch 2.13.0 CPU)

@@ -6,7 +6,8 @@
 For each catalogue effect (inverse tasks as ``noise_inv`` and ``timing_inv``): the demo-tier
 dataset (built if missing), the product trained for ``--minutes`` at ``--threads`` (``--clock cpu``:
 minutes of the run's own CPU time / threads, so that other work on the machine does not shrink the
-budget; ``wall``: wall-clock minutes) with its parts
+budget, provided the threads sleep rather than spin while they wait for each other:
+``OMP_WAIT_POLICY=PASSIVE``, as the Makefile sets; ``wall``: wall-clock minutes) with its parts
 chosen from the data, then evaluated on held-out sources x the held-out knob grid:
 ESR mean / median / worst, the dry input's ESR, MR-STFT, steady-tone junk, aliasing of a high
 sine (model and target), the parts chosen, multiply-adds per second and state size. The
@@ -174,13 +175,14 @@ def main(argv=None):
                          "clone's `make demo` would be; default: every seed on DATA_ROOT/EFFECT-demo")
     ap.add_argument("--baselines", nargs="*", default=[], help="e.g. lstm tcn")
     ap.add_argument("--baseline-effects", nargs="*", default=["drive", "amp", "echo"])
+    ap.add_argument("--baselines-only", action="store_true", help="run only the baselines' rows (the product's are kept)")
     ap.add_argument("--data-root", type=Path, default=Path("data"))
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     a = ap.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
     res_path = a.out / "effects.json"
     rows = json.loads(res_path.read_text())["rows"] if res_path.exists() else []
-    jobs = [(e, "pi", s) for e in a.effects for s in a.seeds]
+    jobs = [] if a.baselines_only else [(e, "pi", s) for e in a.effects for s in a.seeds]
     jobs += [(e, b, s) for b in a.baselines for e in a.baseline_effects if e in a.effects for s in a.seeds]
     for eff, arch, seed in jobs:  # interleaved by effect; a finished row is kept if the run stops
         rows = [r for r in rows if (r["effect"], r["arch"], r["seed"], r["minutes"]) != (eff, arch, seed, a.minutes)]

@@ -62,7 +62,9 @@ class TrainConfig:
     out: str = "runs/comp4"
     minutes: float = 5.0  # budget for the optimisation loop (counted over resumes), on ``clock``
     clock: str = "wall"  # "wall": wall-clock minutes; "cpu": this process's CPU time / threads, the budget
-    #                      "N minutes at T threads" that other work on a shared machine does not eat
+    #                      "N minutes at T threads" that other work on a shared machine does not eat, provided
+    #                      the threads sleep while they wait for each other (OMP_WAIT_POLICY=PASSIVE: spinning
+    #                      OpenMP threads burned 7x the budget per step on a loaded machine, 13 vs 86 steps)
     arch: str = "pi"  # "pi" (SignalTrain-Pi, the product) or a comparison baseline from training/baselines.py
     tier: str = "small"
     hop: int = 64
