@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AlsaDuplex, AlsaError, DeviceLost
-from .atomic import atomic_path
+from .atomic import atomic_path, write_atomic
 from .bundle import Bundle, BundleError, load_bundle
 from .engine import Engine
 
@@ -229,8 +229,7 @@ def remember_choice(choice, path, configured) -> bool:
             return False
     except (OSError, ValueError):
         pass
-    with atomic_path(choice, mode=0o664) as tmp:
-        Path(tmp).write_text(json.dumps(record) + "\n")
+    write_atomic(choice, json.dumps(record) + "\n", mode=0o664)
     return True
 
 

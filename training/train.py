@@ -178,6 +178,8 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 
 
 def train(cfg: TrainConfig, log=print) -> dict:
+    if cfg.clock not in ("wall", "cpu"):  # before any data is read or model built
+        raise ValueError(f"clock {cfg.clock!r} must be 'wall' or 'cpu'")
     rank, world, device = start_processes(cfg)
     if rank:
         log = lambda *a, **k: None  # noqa: E731  (process 0 speaks for all)
@@ -256,8 +258,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
                              "step": progress["step"], "time_s": progress["elapsed_s"]}, parts, resume=resume)
 
     stop = StopOnSignal()
-    if cfg.clock not in ("wall", "cpu"):
-        raise ValueError(f"clock {cfg.clock!r} must be 'wall' or 'cpu'")
     clock = time.time if cfg.clock == "wall" else (lambda: time.process_time() / max(1, cfg.threads))
     t_start = clock() - progress["elapsed_s"]  # the budget counts earlier runs' training time
     with stop:
