@@ -480,6 +480,27 @@ class SignalTrainPi(nn.Module):
         return {"pairs": int(keep.sum()), "left_out": np.flatnonzero(~keep).tolist(),
                 "rms_samples": float(np.sqrt(np.mean(err ** 2))), "max_samples": float(np.abs(err).max())}
 
+    @torch.no_grad()
+    def fit_level(self, knobs, log_ratio, ridge: float = 1e-3) -> dict:
+        """Start the gain path at the recorded level: least squares ``log_ratio`` (N,), each pair's
+        log(RMS target / RMS input), = b + w . knobs (N, K) in 0..1, written into the gain head's
+        bias and knob weights (the trunk's weights stay near zero). Adam moves a weight by about the
+        learning rate per step, so a level knob spanning 24 dB (2.8 in log-gain) took more steps than
+        a 3-minute budget has; from here the loss only refines it. -> the fit's rms miss in dB."""
+        k = np.asarray(knobs, np.float64)
+        r = np.asarray(log_ratio, np.float64)
+        a = np.hstack([k, np.ones((len(k), 1))])
+        pen = ridge * len(k) * np.eye(a.shape[1])
+        pen[-1, -1] = 0.0
+        sol = np.linalg.solve(a.T @ a + pen, a.T @ r)
+        m = self.cfg.max_log_gain
+        sol = np.clip(sol, -0.9 * m, 0.9 * m)
+        d = self.cfg.d_model
+        self.gain_head.weight[0, d:d + k.shape[1]] = torch.from_numpy(sol[:-1]).float()
+        self.gain_head.bias[0] = float(sol[-1])
+        miss = (a @ sol - r) * 20 / math.log(10)
+        return {"pairs": len(r), "rms_miss_db": float(np.sqrt(np.mean(miss ** 2))), "bias_db": float(sol[-1] * 20 / math.log(10))}
+
     def waveshape(self, u, beta):
         """u (..., H), beta (..., H, J) -> (..., H): sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)].
         The subtraction keeps silence silent (no DC from the biases)."""

@@ -70,6 +70,7 @@ class TrainConfig:
     hop: int = 64
     attention: str = "sparse"
     learn_analysis: bool = True
+    level_init: bool = True  # start the gain path at the pairs' level (SignalTrainPi.fit_level), not at 0 dB
     parts: str = "auto"  # model parts: "auto" (measured from the data, training/parts.py) or a list
     #                      from gain,fir,shaper,delay (e.g. "gain,fir"; gain is always in)
     batch: int = 8  # chunks per step per process (torchrun: the global batch is batch x processes)
@@ -91,6 +92,15 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast of the forward pass on GPUs (never on the CPU)
     tensorboard: bool = True  # events in OUT/tb when the tensorboard package is installed
     resume: bool = False  # go on from OUT/last.pt when there is one (the command line's --resume RUN sets it)
+
+
+def level_ratios(pairs: PairSet, floor: float = 1e-4):
+    """-> (mask of the pairs used, their log(RMS target / RMS input)): pairs whose input or target is
+    below ``floor`` RMS (-80 dBFS) say nothing about a level."""
+    rx = np.array([np.sqrt(np.mean(np.square(x, dtype=np.float64))) for x in pairs.x])
+    ry = np.array([np.sqrt(np.mean(np.square(y, dtype=np.float64))) for y in pairs.y])
+    keep = (rx > floor) & (ry > floor)
+    return keep, np.log(ry[keep] / rx[keep])
 
 
 def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
@@ -206,6 +216,12 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if parts is not None and mcfg.delay_lines and parts.pair_delays:
         # the delay map is fitted to each pair's measured delay, not learned (see training/parts.py)
         fit_delays(model, parts, train_set.knobs, log)
+    if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines:
+        # a delay model's gain path is the dry part alone: the pairs' level (dry + repeats) is not its level
+        keep, ratios = level_ratios(train_set)
+        fit = model.fit_level(train_set.knobs[keep], ratios)
+        log(f"gain path starts at the pairs' level: {fit['bias_db']:+.1f} dB at knobs 0, linear in the knobs "
+            f"(rms miss {fit['rms_miss_db']:.1f} dB over {fit['pairs']} pairs)")
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
     kept = ema if ema is not None else model  # the weights validated and saved

@@ -131,6 +131,21 @@ def test_the_delay_map_fits_measured_delays_to_a_fraction_of_a_sample():
     assert err.max() < 1.0 and np.median(err) < 0.3, (err.max(), np.median(err))
 
 
+def test_the_gain_path_starts_at_the_recorded_level():
+    """fit_level: pairs whose level (log RMS ratio) is linear in the knobs start the gain head there."""
+    m = SignalTrainPi(tier_config("nano", n_knobs=3))
+    rng = np.random.default_rng(0)
+    knobs = rng.uniform(0, 1, (60, 3))
+    ratio = -2.0 + 2.5 * knobs[:, 0] - 0.5 * knobs[:, 2]  # e.g. a level knob over 22 dB, a drive knob
+    fit = m.fit_level(knobs, ratio)
+    assert fit["rms_miss_db"] < 0.2 and abs(fit["bias_db"] - (-2.0 * 20 / np.log(10))) < 0.5
+    k = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.0]], dtype=torch.float32)
+    h = torch.zeros(2, 1, m.cfg.d_model)
+    got = m.heads(h, k[:, None])["gain"][:, 0, 0].detach().numpy()
+    want = -2.0 + 2.5 * k[:, 0].numpy() - 0.5 * k[:, 2].numpy()
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()  # the head's tanh bound bends it a little
+
+
 def test_the_delay_recursion_has_the_gradient_of_its_own_arithmetic():
     """DelayRecursion's hand-written backward equals the numerical gradient (float64), for the
     input and the feedback, with delays that vary per sample and fall between samples."""
