@@ -335,6 +335,11 @@ class SignalTrainPi(nn.Module):
         # the heads see the knobs directly too: a level or drive knob in dB is a log-gain linear in
         # its position, learned in a few steps instead of through the trunk's normalised features
         self.gain_head = nn.Linear(d + cfg.n_knobs, 1)
+        # the recorded level, fitted before training (fit_level), added to the gain head's output: per
+        # knob weight and a constant, each as a float16 part and a float16 remainder (row 0, row 1), so
+        # that a float16 bundle keeps a -30 dB level to 1e-6 instead of 1e-3 (55 dB SNR)
+        self.register_buffer("level_w", torch.zeros(2, cfg.n_knobs))
+        self.register_buffer("level_b", torch.zeros(2))
         self.fir_head = nn.Linear(d, cfg.fir_taps) if cfg.fir_taps else None
         J = cfg.shaper_units
         if J:
@@ -402,7 +407,7 @@ class SignalTrainPi(nn.Module):
         h = self.ln_out(h)
         hk = torch.cat([h, knobs], dim=-1)
         m = cfg.max_log_gain
-        out = {"gain": m * torch.tanh(self.gain_head(hk) / m)}
+        out = {"gain": m * torch.tanh((self.gain_head(hk) + self.level(knobs)) / m)}
         if self.fir_head is not None:
             out["fir"] = cfg.fir_scale * self.fir_head(h)
         if cfg.shaper_units:
@@ -480,13 +485,20 @@ class SignalTrainPi(nn.Module):
         return {"pairs": int(keep.sum()), "left_out": np.flatnonzero(~keep).tolist(),
                 "rms_samples": float(np.sqrt(np.mean(err ** 2))), "max_samples": float(np.abs(err).max())}
 
+    def level(self, knobs):
+        """knobs (..., K) -> (..., 1): the fitted level in log-gain; the high and low parts summed apart
+        (a converter that folded them would round the sum to float16 in a float16 bundle)."""
+        hi = tree_sum(knobs * self.level_w[0]) + self.level_b[0:1]
+        lo = tree_sum(knobs * self.level_w[1]) + self.level_b[1:2]
+        return hi + lo
+
     @torch.no_grad()
     def fit_level(self, knobs, log_ratio, ridge: float = 1e-3) -> dict:
         """Start the gain path at the recorded level: least squares ``log_ratio`` (N,), each pair's
-        log(RMS target / RMS input), = b + w . knobs (N, K) in 0..1, written into the gain head's
-        bias and knob weights (the trunk's weights stay near zero). Adam moves a weight by about the
-        learning rate per step, so a level knob spanning 24 dB (2.8 in log-gain) took more steps than
-        a 3-minute budget has; from here the loss only refines it. -> the fit's rms miss in dB."""
+        log(RMS target / RMS input), = b + w . knobs (N, K) in 0..1, stored in ``level_w``/``level_b``
+        and added to the gain head's output (which starts near zero and learns what the level fit
+        misses). Adam moves a weight by about the learning rate per step, so a level knob spanning
+        24 dB (2.8 in log-gain) took more steps than a 3-minute budget has. -> the fit's rms miss in dB."""
         k = np.asarray(knobs, np.float64)
         r = np.asarray(log_ratio, np.float64)
         a = np.hstack([k, np.ones((len(k), 1))])
@@ -495,9 +507,10 @@ class SignalTrainPi(nn.Module):
         sol = np.linalg.solve(a.T @ a + pen, a.T @ r)
         m = self.cfg.max_log_gain
         sol = np.clip(sol, -0.9 * m, 0.9 * m)
-        d = self.cfg.d_model
-        self.gain_head.weight[0, d:d + k.shape[1]] = torch.from_numpy(sol[:-1]).float()
-        self.gain_head.bias[0] = float(sol[-1])
+        hi = sol.astype(np.float16).astype(np.float64)
+        lo = (sol - hi).astype(np.float16).astype(np.float64)
+        self.level_w.copy_(torch.from_numpy(np.stack([hi[:-1], lo[:-1]])).float())
+        self.level_b.copy_(torch.tensor([hi[-1], lo[-1]]).float())
         miss = (a @ sol - r) * 20 / math.log(10)
         return {"pairs": len(r), "rms_miss_db": float(np.sqrt(np.mean(miss ** 2))), "bias_db": float(sol[-1] * 20 / math.log(10))}
 

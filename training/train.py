@@ -542,7 +542,9 @@ def load_checkpoint(path: str | Path):
     else:
         from .baselines import baseline_from_config
         model = baseline_from_config(ck["arch"], ck["model_config"])
-    model.load_state_dict(ck["state_dict"])
+    missing, unexpected = model.load_state_dict(ck["state_dict"], strict=False)
+    if unexpected or set(missing) - {"level_w", "level_b"}:  # checkpoints from before the level fit: level 0
+        raise RuntimeError(f"{path}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return model.eval(), ck
 
 
