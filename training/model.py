@@ -125,6 +125,13 @@ def float16_exact(v: int) -> int:
     return int(v) // step * step
 
 
+def float16_parts(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """v -> (hi, lo), both exact in float16, hi + lo = v to float16's precision squared: fitted
+    weights a float16 bundle must keep (a delay of 10,000 samples, a level of -30 dB)."""
+    hi = np.asarray(v, np.float64).astype(np.float16).astype(np.float64)
+    return hi, (v - hi).astype(np.float16).astype(np.float64)
+
+
 # Size tiers: parameter counts and multiply-adds per second are printed by `python -m training.model`.
 TIERS = {
     "nano": dict(d_model=32, n_heads=2, n_blocks=1, n_bins=32, local_frames=16, mem_slots=16, mem2_slots=8),
@@ -475,8 +482,7 @@ class SignalTrainPi(nn.Module):
             if (now == keep).all():
                 break
             keep = now
-        hi = sol.astype(np.float16).astype(np.float64)
-        lo = (sol - hi).astype(np.float16).astype(np.float64)
+        hi, lo = float16_parts(sol)
         self.delay_w_hi[line] = torch.from_numpy(hi[:-1]).float()
         self.delay_w_lo[line] = torch.from_numpy(lo[:-1]).float()
         self.delay_b[line] = torch.tensor([hi[-1], lo[-1]]).float()
@@ -507,8 +513,7 @@ class SignalTrainPi(nn.Module):
         sol = np.linalg.solve(a.T @ a + pen, a.T @ r)
         m = self.cfg.max_log_gain
         sol = np.clip(sol, -0.9 * m, 0.9 * m)
-        hi = sol.astype(np.float16).astype(np.float64)
-        lo = (sol - hi).astype(np.float16).astype(np.float64)
+        hi, lo = float16_parts(sol)
         self.level_w.copy_(torch.from_numpy(np.stack([hi[:-1], lo[:-1]])).float())
         self.level_b.copy_(torch.tensor([hi[-1], lo[-1]]).float())
         miss = (a @ sol - r) * 20 / math.log(10)

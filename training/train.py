@@ -216,12 +216,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if parts is not None and mcfg.delay_lines and parts.pair_delays:
         # the delay map is fitted to each pair's measured delay, not learned (see training/parts.py)
         fit_delays(model, parts, train_set.knobs, log)
-    # a delay model's gain path is the dry part alone: the pairs' level (dry + repeats) is not its level
-    keep, ratios = level_ratios(train_set) if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines else ([], [])
-    if len(ratios):
-        fit = model.fit_level(train_set.knobs[keep], ratios)
-        log(f"gain path starts at the pairs' level: {fit['bias_db']:+.1f} dB at knobs 0, linear in the knobs "
-            f"(rms miss {fit['rms_miss_db']:.1f} dB over {fit['pairs']} pairs)")
+    if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines:
+        # a delay model's gain path is the dry part alone: the pairs' level (dry + repeats) is not its level
+        keep, ratios = level_ratios(train_set)
+        if keep.any():
+            fit = model.fit_level(train_set.knobs[keep], ratios)
+            log(f"gain path starts at the pairs' level: {fit['bias_db']:+.1f} dB at knobs 0, linear in the knobs "
+                f"(rms miss {fit['rms_miss_db']:.1f} dB over {fit['pairs']} pairs)")
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
     kept = ema if ema is not None else model  # the weights validated and saved
