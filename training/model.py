@@ -519,6 +519,36 @@ class SignalTrainPi(nn.Module):
         miss = (a @ sol - r) * 20 / math.log(10)
         return {"pairs": len(r), "rms_miss_db": float(np.sqrt(np.mean(miss ** 2))), "bias_db": float(sol[-1] * 20 / math.log(10))}
 
+    @torch.no_grad()
+    def fit_pre_gain(self, knobs, log_gain, weight, ridge: float = 1e-3, min_weight: float = 1.0):
+        """Start the shaper's pre-gain at the drive the pairs show (``log_gain`` per pair, nats, and
+        its ``weight``, from training.train.pre_gains): weighted least squares of the head's
+        pre-activation on the knobs, written into the shaper head's bias and knob weights (the
+        trunk's weights stay as they start). A 40 dB drive knob would otherwise start at 0 dB and
+        move about the learning rate per step (as the level did). None when the pairs' weights sum
+        below ``min_weight`` (nothing clips: the start stays at 0 dB); else a dict with the fit's
+        pre-gain per pair (nats), its value at knobs 0 and its rms miss, in dB."""
+        w = np.asarray(weight, np.float64)
+        keep = np.isfinite(np.asarray(log_gain, np.float64)) & (w > 0)
+        if w[keep].sum() < min_weight:
+            return None
+        m = self.cfg.max_log_gain
+        k = np.asarray(knobs, np.float64)
+        z = m * np.arctanh(np.clip(np.asarray(log_gain, np.float64)[keep] / m, -0.95, 0.95))
+        a = np.hstack([k, np.ones((len(k), 1))])
+        sw = np.sqrt(w[keep])[:, None]
+        pen = ridge * w[keep].sum() * np.eye(a.shape[1])
+        pen[-1, -1] = 0.0
+        sol = np.linalg.solve((a[keep] * sw).T @ (a[keep] * sw) + pen, (a[keep] * sw).T @ (z[:, None] * sw))[:, 0]
+        K = k.shape[1]
+        self.shaper_head.bias[0] = float(sol[-1])
+        self.shaper_head.weight[0, -K:] = torch.from_numpy(sol[:-1]).float()
+        per_pair = m * np.tanh(a @ sol / m)
+        db = 20 / math.log(10)
+        miss = (per_pair[keep] - np.asarray(log_gain, np.float64)[keep]) * db
+        return {"per_pair": per_pair, "at_zero_db": float(m * np.tanh(sol[-1] / m) * db),
+                "rms_miss_db": float(np.sqrt(np.sum(w[keep] * miss ** 2) / w[keep].sum())), "pairs": int(keep.sum())}
+
     def waveshape(self, u, beta):
         """u (..., H), beta (..., H, J) -> (..., H): sum_j w_j [tanh(a_j u + beta_j) - tanh(beta_j)].
         The subtraction keeps silence silent (no DC from the biases)."""

@@ -70,7 +70,7 @@ class TrainConfig:
     hop: int = 64
     attention: str = "sparse"
     learn_analysis: bool = True
-    level_init: bool = True  # start the gain path at the pairs' level (SignalTrainPi.fit_level), not at 0 dB
+    level_init: bool = True  # start the gain path at the pairs' level and a shaper at their drive (fit_level, fit_pre_gain), not at 0 dB
     parts: str = "auto"  # model parts: "auto" (measured from the data, training/parts.py) or a list
     #                      from gain,fir,shaper,delay (e.g. "gain,fir"; gain is always in)
     batch: int = 8  # chunks per step per process (torchrun: the global batch is batch x processes)
@@ -94,13 +94,58 @@ class TrainConfig:
     resume: bool = False  # go on from OUT/last.pt when there is one (the command line's --resume RUN sets it)
 
 
-def level_ratios(pairs: PairSet, floor: float = 1e-4):
+def level_ratios(pairs: PairSet, floor: float = 1e-4, shaped=None):
     """-> (mask of the pairs used, their log(RMS target / RMS input)): pairs whose input or target is
-    below ``floor`` RMS (-80 dBFS) say nothing about a level."""
-    rx = np.array([np.sqrt(np.mean(np.square(x, dtype=np.float64))) for x in pairs.x])
+    below ``floor`` RMS (-80 dBFS) say nothing about a level. ``shaped(i, x)``: what the gain path
+    multiplies instead of the input (a model with a shaper: its output at the fitted drive)."""
+    rx = np.array([np.sqrt(np.mean(np.square(x if shaped is None else shaped(i, x), dtype=np.float64)))
+                   for i, x in enumerate(pairs.x)])
     ry = np.array([np.sqrt(np.mean(np.square(y, dtype=np.float64))) for y in pairs.y])
     keep = (rx > floor) & (ry > floor)
     return keep, np.log(ry[keep] / rx[keep])
+
+
+def pre_gains(pairs: PairSet, shape, grid=None, window_s: float = 0.5, taps: int = 32, stride: int = 4,
+              floor: float = 1e-4):
+    """How hard each pair drives a clipper: per pair the log pre-gain g that best explains the
+    target as a linear filter of ``shape(exp(g) x)`` (``shape``: the model's waveshaper as it starts),
+    a least-squares ``taps``-tap FIR fitted at every g of ``grid`` (nats) on the pair's loudest
+    ``window_s`` (its outputs every ``stride`` samples). -> (g per pair, weight per pair): the
+    weight is how much of the error at the grid's quietest g the best g removes (0..1), so pairs
+    too quiet to clip (any small g fits them) say nothing. NaN and weight 0: a silent pair."""
+    grid = np.arange(-1.0, 7.51, 0.25) if grid is None else np.asarray(grid, np.float64)
+    n = int(window_s * pairs.sample_rate)
+    g_best = np.full(len(pairs.x), np.nan)
+    weight = np.zeros(len(pairs.x))
+    wins, idx = [], []
+    for i, (x, y) in enumerate(zip(pairs.x, pairs.y)):
+        x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+        m = min(n, len(x))
+        starts = np.arange(0, len(x) - m + 1, max(m // 4, 1))
+        s = starts[np.argmax([np.sum(np.square(x[j:j + m], dtype=np.float64)) for j in starts])]
+        xs, ys = x[s:s + m], y[s:s + m]
+        if np.sqrt(np.mean(np.square(xs, dtype=np.float64))) > floor and np.sqrt(np.mean(np.square(ys, dtype=np.float64))) > floor:
+            wins.append((np.pad(xs, (0, n - m)), np.pad(ys, (0, n - m))))
+            idx.append(i)
+    if not idx:
+        return g_best, weight
+    for c in range(0, len(idx), 64):
+        xb = torch.from_numpy(np.stack([w[0] for w in wins[c:c + 64]]))
+        yb = torch.from_numpy(np.stack([w[1] for w in wins[c:c + 64]]))[:, taps - 1::stride].double()
+        errs = []
+        for g in grid:
+            z = shape(math.exp(g) * xb).double()
+            zz = z.unfold(1, taps, 1)[:, ::stride]  # (B, rows, taps): each output's past inputs
+            a = zz.transpose(1, 2) @ zz
+            a = a + 1e-9 * a.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(taps, dtype=a.dtype)
+            h = torch.linalg.solve(a, zz.transpose(1, 2) @ yb[..., None])
+            errs.append(((zz @ h)[..., 0] - yb).square().sum(-1) / yb.square().sum(-1).clamp_min(1e-12))
+        errs = torch.stack(errs, 1).numpy()  # (B, grid)
+        best = errs.argmin(1)
+        for j, i in enumerate(idx[c:c + 64]):
+            g_best[i] = grid[best[j]]
+            weight[i] = (errs[j, 0] - errs[j, best[j]]) / (errs[j, 0] + 1e-3)
+    return g_best, weight
 
 
 def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
@@ -218,7 +263,23 @@ def train(cfg: TrainConfig, log=print) -> dict:
         fit_delays(model, parts, train_set.knobs, log)
     if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines:
         # a delay model's gain path is the dry part alone: the pairs' level (dry + repeats) is not its level
-        keep, ratios = level_ratios(train_set)
+        shaped = None
+        if mcfg.shaper_units:  # the drive first: the level is the target's over the shaper's output
+            def shape(u):
+                return model.waveshape(u, torch.zeros(*u.shape, mcfg.shaper_units))
+            with torch.no_grad():
+                g, weight = pre_gains(train_set, shape)
+            drive = model.fit_pre_gain(train_set.knobs, g, weight)
+            if drive is None:
+                log("shaper's pre-gain starts at 0 dB: no pair clips harder at a higher pre-gain")
+            else:
+                log(f"shaper's pre-gain starts at the pairs' drive: {drive['at_zero_db']:+.1f} dB at knobs 0, linear in "
+                    f"the knobs (rms miss {drive['rms_miss_db']:.1f} dB over {drive['pairs']} pairs that clip)")
+
+                def shaped(i, x):
+                    with torch.no_grad():
+                        return shape(math.exp(drive["per_pair"][i]) * torch.from_numpy(np.asarray(x, np.float32))).numpy()
+        keep, ratios = level_ratios(train_set, shaped=shaped)
         if keep.any():
             fit = model.fit_level(train_set.knobs[keep], ratios)
             log(f"gain path starts at the pairs' level: {fit['bias_db']:+.1f} dB at knobs 0, linear in the knobs "

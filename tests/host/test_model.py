@@ -186,3 +186,40 @@ def test_configuration_errors_name_the_field():
         ModelConfig(attention="full")
     with pytest.raises(ValueError, match="dense attention has no streaming form"):
         StepModel(SignalTrainPi(ModelConfig(attention="dense")))
+
+
+def test_the_shaper_starts_at_the_drive_the_pairs_show():
+    """pre_gains + fit_pre_gain: pairs from tanh(g(knob) x) through a one-pole low-pass, g from 0 to
+    36 dB over the drive knob, the level knob irrelevant to it: the shaper's pre-gain starts high at
+    full drive and low at little (not equal to g: the model's shaper has a softer knee than tanh, so
+    it needs more pre-gain for the same clipping), following the pairs' own best pre-gains; pairs
+    too quiet to clip carry no weight."""
+    from types import SimpleNamespace
+
+    from training.train import pre_gains
+    m = SignalTrainPi(tier_config("nano", n_knobs=2, shaper_units=8))
+    rng = np.random.default_rng(0)
+    sr, n = 48000, 24000
+    knobs = rng.uniform(0, 1, (40, 2))
+    g_true = 36.0 * knobs[:, 0] / (20 / np.log(10))  # nats
+    xs, ys = [], []
+    for i, k in enumerate(knobs):
+        t = np.arange(n) / sr
+        x = 0.3 * np.sin(2 * np.pi * rng.uniform(80, 400) * t) * np.exp(-3 * t) + 0.02 * rng.standard_normal(n)
+        if i % 5 == 0:
+            x *= 1e-3  # -60 dBFS: linear at any drive here
+        z = np.tanh(np.exp(g_true[i]) * x)
+        y = np.zeros(n)
+        for j in range(1, n):  # a tone control after the clipper
+            y[j] = 0.7 * y[j - 1] + 0.3 * z[j]
+        xs.append(x.astype(np.float32))
+        ys.append((0.5 * (0.2 + k[1]) * y).astype(np.float32))
+    pairs = SimpleNamespace(x=xs, y=ys, sample_rate=sr)
+    with torch.no_grad():
+        g, w = pre_gains(pairs, lambda u: m.waveshape(u, torch.zeros(*u.shape, 8)))
+    assert np.all(w[::5] < 0.05) and np.median(w[knobs[:, 0] > 0.5]) > 0.3
+    fit = m.fit_pre_gain(knobs, g, w)
+    h = torch.zeros(2, 1, m.cfg.d_model)
+    pre = m.heads(h, torch.tensor([[1.0, 0.5], [0.1, 0.5]])[:, None])["shaper"][:, 0, 0].detach().numpy() * 20 / np.log(10)
+    assert pre[0] > 30.0 and pre[1] < 10.0 and fit["rms_miss_db"] < 3.0, (pre, fit)
+    assert m.fit_pre_gain(knobs, g, np.zeros_like(w)) is None  # nothing clips: no start taken
