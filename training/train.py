@@ -105,21 +105,23 @@ def level_ratios(pairs: PairSet, floor: float = 1e-4, shaped=None):
     return keep, np.log(ry[keep] / rx[keep])
 
 
-def pre_gains(pairs: PairSet, shape, grid=None, window_s: float = 0.5, taps: int = 32, stride: int = 4,
-              floor: float = 1e-4):
+def pre_gains(pairs: PairSet, shape, window_s: float = 0.5, taps: int = 32, stride: int = 8,
+              max_pairs: int = 128, floor: float = 1e-4, seed: int = 0):
     """How hard each pair drives a clipper: per pair the log pre-gain g that best explains the
     target as a linear filter of ``shape(exp(g) x)`` (``shape``: the model's waveshaper as it starts),
-    a least-squares ``taps``-tap FIR fitted at every g of ``grid`` (nats) on the pair's loudest
-    ``window_s`` (its outputs every ``stride`` samples). -> (g per pair, weight per pair): the
-    weight is how much of the error at the grid's quietest g the best g removes (0..1), so pairs
-    too quiet to clip (any small g fits them) say nothing. NaN and weight 0: a silent pair."""
-    grid = np.arange(-1.0, 7.51, 0.25) if grid is None else np.asarray(grid, np.float64)
+    a least-squares ``taps``-tap FIR fitted at each g on the pair's loudest ``window_s`` (its outputs
+    every ``stride`` samples): g from -1 to 7.5 nats (-9 to +65 dB) in steps of 0.5, then 0.25 either
+    side of the best. At most ``max_pairs`` pairs (drawn with ``seed``) are scanned; the others get
+    NaN. -> (g per pair, weight per pair): the weight is how much of the error at the smallest g
+    the best g removes (0..1), so pairs too quiet to clip (any small g fits them) say nothing;
+    NaN and weight 0: a pair not scanned or silent."""
     n = int(window_s * pairs.sample_rate)
     g_best = np.full(len(pairs.x), np.nan)
     weight = np.zeros(len(pairs.x))
+    order = np.random.default_rng(seed).permutation(len(pairs.x))[:max_pairs]
     wins, idx = [], []
-    for i, (x, y) in enumerate(zip(pairs.x, pairs.y)):
-        x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    for i in sorted(order):
+        x, y = np.asarray(pairs.x[i], np.float32), np.asarray(pairs.y[i], np.float32)
         m = min(n, len(x))
         starts = np.arange(0, len(x) - m + 1, max(m // 4, 1))
         s = starts[np.argmax([np.sum(np.square(x[j:j + m], dtype=np.float64)) for j in starts])]
@@ -129,22 +131,26 @@ def pre_gains(pairs: PairSet, shape, grid=None, window_s: float = 0.5, taps: int
             idx.append(i)
     if not idx:
         return g_best, weight
-    for c in range(0, len(idx), 64):
-        xb = torch.from_numpy(np.stack([w[0] for w in wins[c:c + 64]]))
-        yb = torch.from_numpy(np.stack([w[1] for w in wins[c:c + 64]]))[:, taps - 1::stride].double()
-        errs = []
-        for g in grid:
-            z = shape(math.exp(g) * xb).double()
-            zz = z.unfold(1, taps, 1)[:, ::stride]  # (B, rows, taps): each output's past inputs
-            a = zz.transpose(1, 2) @ zz
-            a = a + 1e-9 * a.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(taps, dtype=a.dtype)
-            h = torch.linalg.solve(a, zz.transpose(1, 2) @ yb[..., None])
-            errs.append(((zz @ h)[..., 0] - yb).square().sum(-1) / yb.square().sum(-1).clamp_min(1e-12))
-        errs = torch.stack(errs, 1).numpy()  # (B, grid)
-        best = errs.argmin(1)
-        for j, i in enumerate(idx[c:c + 64]):
-            g_best[i] = grid[best[j]]
-            weight[i] = (errs[j, 0] - errs[j, best[j]]) / (errs[j, 0] + 1e-3)
+    xb = torch.from_numpy(np.stack([w[0] for w in wins]))
+    yb = torch.from_numpy(np.stack([w[1] for w in wins]))[:, taps - 1::stride]
+    eye = torch.eye(taps)
+
+    def miss(g):  # (B,) log pre-gains -> (B,) each pair's relative error of its best FIR of the shaper
+        zz = shape(torch.exp(g)[:, None] * xb).unfold(1, taps, 1)[:, ::stride]  # (B, rows, taps)
+        a = zz.transpose(1, 2) @ zz
+        a = a + 1e-6 * a.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * eye
+        h = torch.linalg.solve(a, zz.transpose(1, 2) @ yb[..., None])
+        return ((zz @ h)[..., 0] - yb).square().sum(-1) / yb.square().sum(-1).clamp_min(1e-12)
+
+    grid = torch.arange(-1.0, 7.51, 0.5)
+    errs = torch.stack([miss(torch.full((len(idx),), float(g))) for g in grid], 1)  # (B, grid)
+    first, best = errs[:, 0], errs.argmin(1)
+    g, e = grid[best], errs.gather(1, best[:, None])[:, 0]
+    for step in (-0.25, 0.25):
+        e2 = miss(grid[best] + step)
+        g, e = torch.where(e2 < e, grid[best] + step, g), torch.minimum(e, e2)
+    g_best[idx] = g.double().numpy()
+    weight[idx] = ((first - e) / (first + 1e-3)).clamp_min(0).double().numpy()
     return g_best, weight
 
 
