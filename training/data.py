@@ -51,7 +51,7 @@ SIGNALTRAIN_KNOBS: dict[str, tuple[KnobSpec, ...]] = {
 
 # Corpus tiers: default size of the source corpus (see docs/datasets.md for sizes and build times).
 TIERS = {
-    "demo": {"seconds_each": 8.0, "n_midi": 25, "n_synth": 10},  # 4.7 min of source audio
+    "demo": {"seconds_each": 4.0, "n_midi": 100, "n_synth": 40},  # 9.3 min of source audio, in many short items
     "full": {"seconds_each": 20.0, "n_midi": 300, "n_synth": 60},  # 2.0 h of source audio
 }
 TARGET_PEAK = 0.98  # a rendered pair whose input or target passes this is re-rendered from a quieter input
