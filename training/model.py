@@ -520,17 +520,21 @@ class SignalTrainPi(nn.Module):
         return {"pairs": len(r), "rms_miss_db": float(np.sqrt(np.mean(miss ** 2))), "bias_db": float(sol[-1] * 20 / math.log(10))}
 
     @torch.no_grad()
-    def fit_pre_gain(self, knobs, log_gain, weight, ridge: float = 1e-3, min_weight: float = 1.0):
+    def fit_pre_gain(self, knobs, log_gain, weight, ridge: float = 1e-3, min_weight: float = 0.2,
+                     min_share: float = 0.1):
         """Start the shaper's pre-gain at the drive the pairs show (``log_gain`` per pair, nats, and
         its ``weight``, from training.train.pre_gains): weighted least squares of the head's
         pre-activation on the knobs, written into the shaper head's bias and knob weights (the
         trunk's weights stay as they start). A 40 dB drive knob would otherwise start at 0 dB and
-        move about the learning rate per step (as the level did). None when the pairs' weights sum
-        below ``min_weight`` (nothing clips: the start stays at 0 dB); else a dict with the fit's
-        pre-gain per pair (nats), its value at knobs 0 and its rms miss, in dB."""
+        move about the learning rate per step (as the level did). Only pairs whose best pre-gain
+        removes at least ``min_weight`` of the error count (a chorus or a de-noiser, which no
+        clipping explains, gets weights up to ~0.15 from chance); None when fewer than
+        ``min_share`` of the scanned pairs do (nothing clips: the start stays at 0 dB); else a dict
+        with the fit's pre-gain per pair (nats), its value at knobs 0 and its rms miss, in dB."""
         w = np.asarray(weight, np.float64)
-        keep = np.isfinite(np.asarray(log_gain, np.float64)) & (w > 0)
-        if w[keep].sum() < min_weight:
+        scanned = np.isfinite(np.asarray(log_gain, np.float64))
+        keep = scanned & (w >= min_weight)
+        if keep.sum() < max(min_share * scanned.sum(), 1):
             return None
         m = self.cfg.max_log_gain
         k = np.asarray(knobs, np.float64)
