@@ -33,7 +33,8 @@ import numpy as np
 from .model import float16_exact
 
 THRESHOLDS = {
-    "gain_only_residual": 0.01,  # per-frame best single gain leaves < 1% of the target: gain path only
+    "gain_only_residual": 0.01,  # per-frame best single gain leaves < 1% of the target: gain path only,
+    "gain_vs_dry": 0.1,  # ... and < 10% of what the input itself misses (a de-noiser's small difference is not a gain's)
     "nonlinear_residual": 0.012,  # per-frame 32-tap linear fit leaves > 1.2%: add the shaper (amp 0.0145, drive 0.014, timing_inv 0.005, echo 0.0016)
     "delay_peak": 0.25,  # a pair's far peak reaches >= 25% of its IR's largest tap: it has a delay
     "delay_pairs": 0.25,
@@ -49,6 +50,7 @@ class PairMeasures:
     local_residual: float  # per-frame 32-tap fit of the target minus its long-lag part
     far_peak: float  # largest |IR| beyond the FIR's reach, relative to the largest |IR|
     far_lag: float  # its lag in samples
+    dry_residual: float = 0.0  # the input itself as the target's estimate: residual energy / target energy
 
 
 @dataclass
@@ -70,7 +72,7 @@ class Parts:
         on = ["gain"] + [n for n, v in (("fir", self.fir_taps), ("shaper", self.shaper_units),
                                         ("delay", self.delay_lines)) if v]
         m = self.measures
-        text = (f"parts from the data: {' + '.join(on)} (gain-only residual {m['gain_residual']:.3f}, "
+        text = (f"parts from the data: {' + '.join(on)} (gain-only residual {m['gain_residual']:.3f} vs the dry input's {m.get('dry_residual', float('nan')):.3f}, "
                 f"local linear residual {m['local_residual']:.3f}, pairs with a far peak {m['delay_pairs']:.2f}")
         if self.delay_lines:
             text += f"; delays {self.delay_min}..{self.delay_max} samples"
@@ -111,7 +113,7 @@ def measure_pair(x: np.ndarray, y: np.ndarray, max_lag: int, near: int) -> PairM
     h_far[:near] = 0.0
     y_near = y - np.convolve(x, h_far)[: len(y)]  # the target without its long-lag (echo) part
     frames = len(x) // FRAME
-    g_res = l_res = tot = 0.0
+    g_res = l_res = d_res = tot = 0.0
     for f in range(frames):
         s = slice(f * FRAME, (f + 1) * FRAME)
         xs, ys, yn = x[s], y[s], y_near[s]
@@ -120,13 +122,14 @@ def measure_pair(x: np.ndarray, y: np.ndarray, max_lag: int, near: int) -> PairM
             continue
         g = float(xs @ ys) / max(float(xs @ xs), 1e-12)
         g_res += float(((ys - g * xs) ** 2).sum())
+        d_res += float(((ys - xs) ** 2).sum())
         start = f * FRAME
         past = np.lib.stride_tricks.sliding_window_view(np.pad(x, (LOCAL_TAPS - 1, 0)), LOCAL_TAPS)[start:start + FRAME]
         coef, *_ = np.linalg.lstsq(past, yn, rcond=None)
         l_res += float(((yn - past @ coef) ** 2).sum())
         tot += e
     tot = max(tot, 1e-12)
-    return PairMeasures(g_res / tot, l_res / tot, peak, lag)
+    return PairMeasures(g_res / tot, l_res / tot, peak, lag, d_res / tot)
 
 
 def choose_parts(pairs_xy, sample_rate: int, hop: int = 64, max_delay_s: float = 1.0, log=None) -> Parts:
@@ -141,10 +144,14 @@ def choose_parts(pairs_xy, sample_rate: int, hop: int = 64, max_delay_s: float =
         raise ValueError("no pairs to measure")
     g = float(np.median([m.gain_residual for m in ms.values()]))
     loc = float(np.median([m.local_residual for m in ms.values()]))
+    dry = float(np.median([m.dry_residual for m in ms.values()]))
     delayed = {i: m.far_lag for i, m in ms.items() if m.far_peak >= THRESHOLDS["delay_peak"]}
     share = len(delayed) / len(ms)
-    measures = {"gain_residual": g, "local_residual": loc, "delay_pairs": share, "pairs_measured": len(ms)}
-    fir = 0 if g < THRESHOLDS["gain_only_residual"] else 32
+    measures = {"gain_residual": g, "local_residual": loc, "dry_residual": dry, "delay_pairs": share,
+                "pairs_measured": len(ms)}
+    # a gain alone when it explains the target and most of what sets it apart from the input (a
+    # de-noiser's target differs from its input by a little noise, which no gain removes)
+    fir = 0 if g < THRESHOLDS["gain_only_residual"] and g < THRESHOLDS["gain_vs_dry"] * dry else 32
     shaper = 8 if loc > THRESHOLDS["nonlinear_residual"] else 0
     lines, dmin, dmax, lookback = 0, 129, 24129, None
     if share >= THRESHOLDS["delay_pairs"]:

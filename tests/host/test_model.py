@@ -223,3 +223,18 @@ def test_the_shaper_starts_at_the_drive_the_pairs_show():
     pre = m.heads(h, torch.tensor([[1.0, 0.5], [0.1, 0.5]])[:, None])["shaper"][:, 0, 0].detach().numpy() * 20 / np.log(10)
     assert pre[0] > 30.0 and pre[1] < 10.0 and fit["rms_miss_db"] < 3.0, (pre, fit)
     assert m.fit_pre_gain(knobs, g, np.zeros_like(w)) is None  # nothing clips: no start taken
+
+
+def test_a_gain_alone_only_when_it_explains_what_sets_the_target_apart():
+    """training.parts: a level change is a gain (gain path only); a de-noiser's target differs from
+    its input by a little noise, which a gain explains as poorly as the input itself: FIR too."""
+    from training.parts import choose_parts
+    rng = np.random.default_rng(0)
+    sr, n = 48000, 48000
+    t = np.arange(n) / sr
+    clean = [0.3 * np.sin(2 * np.pi * f * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) for f in (110, 220, 330, 440)]
+    level = choose_parts([(i, x, 0.5 * x) for i, x in enumerate(clean)], sr)
+    assert (level.fir_taps, level.shaper_units, level.delay_lines) == (0, 0, 0)
+    noisy = [(i, x + 0.01 * rng.standard_normal(n), x) for i, x in enumerate(clean)]  # ~-27 dB of noise
+    denoise = choose_parts(noisy, sr)
+    assert denoise.measures["gain_residual"] < 0.01 and denoise.fir_taps == 32, denoise.measures
