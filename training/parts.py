@@ -34,7 +34,7 @@ from .model import float16_exact
 
 THRESHOLDS = {
     "gain_only_residual": 0.01,  # per-frame best single gain leaves < 1% of the target: gain path only,
-    "gain_vs_dry": 0.1,  # ... and < 10% of what the input itself misses (a de-noiser's small difference is not a gain's)
+    "gain_vs_dry": 0.5,  # ... and < half of what the input itself misses (comp4 0.02; a de-noiser 1.0: its noise is no gain's)
     "nonlinear_residual": 0.012,  # per-frame 32-tap linear fit leaves > 1.2%: add the shaper (amp 0.0145, drive 0.014, timing_inv 0.005, echo 0.0016)
     "delay_peak": 0.25,  # a pair's far peak reaches >= 25% of its IR's largest tap: it has a delay
     "delay_pairs": 0.25,
@@ -151,7 +151,8 @@ def choose_parts(pairs_xy, sample_rate: int, hop: int = 64, max_delay_s: float =
                 "pairs_measured": len(ms)}
     # a gain alone when it explains the target and most of what sets it apart from the input (a
     # de-noiser's target differs from its input by a little noise, which no gain removes)
-    fir = 0 if g < THRESHOLDS["gain_only_residual"] and g < THRESHOLDS["gain_vs_dry"] * dry else 32
+    # (to 1e-4, -40 dB, a gain is enough whatever the input misses: a compressor mostly below threshold)
+    fir = 0 if g < THRESHOLDS["gain_only_residual"] and g < max(THRESHOLDS["gain_vs_dry"] * dry, 1e-4) else 32
     shaper = 8 if loc > THRESHOLDS["nonlinear_residual"] else 0
     lines, dmin, dmax, lookback = 0, 129, 24129, None
     if share >= THRESHOLDS["delay_pairs"]:
