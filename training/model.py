@@ -132,6 +132,18 @@ def float16_parts(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return hi, (v - hi).astype(np.float16).astype(np.float64)
 
 
+def knob_line(knobs, target, weight=None, ridge: float = 1e-3) -> np.ndarray:
+    """Weighted ridge least squares ``target (N,) = knobs (N, K) . w + b`` (the constant b not
+    penalised) -> (w_1..w_K, b): the knob -> value fits made before training (level, drive)."""
+    k = np.asarray(knobs, np.float64)
+    r = np.asarray(target, np.float64)
+    w = np.ones(len(k)) if weight is None else np.asarray(weight, np.float64)
+    a = np.hstack([k, np.ones((len(k), 1))]) * np.sqrt(w)[:, None]
+    pen = ridge * w.sum() * np.eye(a.shape[1])
+    pen[-1, -1] = 0.0
+    return np.linalg.solve(a.T @ a + pen, a.T @ (r * np.sqrt(w)))
+
+
 # Size tiers: parameter counts and multiply-adds per second are printed by `python -m training.model`.
 TIERS = {
     "nano": dict(d_model=32, n_heads=2, n_blocks=1, n_bins=32, local_frames=16, mem_slots=16, mem2_slots=8),
@@ -507,16 +519,12 @@ class SignalTrainPi(nn.Module):
         24 dB (2.8 in log-gain) took more steps than a 3-minute budget has. -> the fit's rms miss in dB."""
         k = np.asarray(knobs, np.float64)
         r = np.asarray(log_ratio, np.float64)
-        a = np.hstack([k, np.ones((len(k), 1))])
-        pen = ridge * len(k) * np.eye(a.shape[1])
-        pen[-1, -1] = 0.0
-        sol = np.linalg.solve(a.T @ a + pen, a.T @ r)
         m = self.cfg.max_log_gain
-        sol = np.clip(sol, -0.9 * m, 0.9 * m)
+        sol = np.clip(knob_line(k, r, ridge=ridge), -0.9 * m, 0.9 * m)
         hi, lo = float16_parts(sol)
         self.level_w.copy_(torch.from_numpy(np.stack([hi[:-1], lo[:-1]])).float())
         self.level_b.copy_(torch.tensor([hi[-1], lo[-1]]).float())
-        miss = (a @ sol - r) * 20 / math.log(10)
+        miss = (k @ sol[:-1] + sol[-1] - r) * 20 / math.log(10)
         return {"pairs": len(r), "rms_miss_db": float(np.sqrt(np.mean(miss ** 2))), "bias_db": float(sol[-1] * 20 / math.log(10))}
 
     @torch.no_grad()
@@ -539,15 +547,10 @@ class SignalTrainPi(nn.Module):
         m = self.cfg.max_log_gain
         k = np.asarray(knobs, np.float64)
         z = m * np.arctanh(np.clip(np.asarray(log_gain, np.float64)[keep] / m, -0.95, 0.95))
-        a = np.hstack([k, np.ones((len(k), 1))])
-        sw = np.sqrt(w[keep])[:, None]
-        pen = ridge * w[keep].sum() * np.eye(a.shape[1])
-        pen[-1, -1] = 0.0
-        sol = np.linalg.solve((a[keep] * sw).T @ (a[keep] * sw) + pen, (a[keep] * sw).T @ (z[:, None] * sw))[:, 0]
-        K = k.shape[1]
+        sol = knob_line(k[keep], z, w[keep], ridge)
         self.shaper_head.bias[0] = float(sol[-1])
-        self.shaper_head.weight[0, -K:] = torch.from_numpy(sol[:-1]).float()
-        per_pair = m * np.tanh(a @ sol / m)
+        self.shaper_head.weight[0, -k.shape[1]:] = torch.from_numpy(sol[:-1]).float()
+        per_pair = m * np.tanh((k @ sol[:-1] + sol[-1]) / m)
         db = 20 / math.log(10)
         miss = (per_pair[keep] - np.asarray(log_gain, np.float64)[keep]) * db
         return {"per_pair": per_pair, "at_zero_db": float(m * np.tanh(sol[-1] / m) * db),

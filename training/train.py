@@ -154,6 +154,24 @@ def pre_gains(pairs: PairSet, shape, window_s: float = 0.5, taps: int = 32, stri
     return g_best, weight
 
 
+def start_drive(model: SignalTrainPi, pairs: PairSet, log=print):
+    """Start a shaper's pre-gain at the pairs' drive (pre_gains, SignalTrainPi.fit_pre_gain).
+    -> ``shaped(i, x)``: the shaper's output for pair i's input at that drive (what the level fit
+    measures the target against), or None when no start was taken."""
+    J = model.cfg.shaper_units
+
+    @torch.no_grad()
+    def shape(u):
+        return model.waveshape(u, torch.zeros(*u.shape, J))
+    drive = model.fit_pre_gain(pairs.knobs, *pre_gains(pairs, shape))
+    if drive is None:
+        log("shaper's pre-gain starts at 0 dB: under 10% of the pairs are explained better by a clipper driven harder")
+        return None
+    log(f"shaper's pre-gain starts at the pairs' drive: {drive['at_zero_db']:+.1f} dB at knobs 0, linear in "
+        f"the knobs (rms miss {drive['rms_miss_db']:.1f} dB over {drive['pairs']} pairs that clip)")
+    return lambda i, x: shape(math.exp(drive["per_pair"][i]) * torch.from_numpy(np.asarray(x, np.float32))).numpy()
+
+
 def esr(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
     """Error-to-signal ratio per item (B,), the modelling error measure of NAM and the literature.
     ``floor`` (an RMS level, -80 dBFS) keeps near-silent chunks from dominating a batch."""
@@ -269,22 +287,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         fit_delays(model, parts, train_set.knobs, log)
     if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines:
         # a delay model's gain path is the dry part alone: the pairs' level (dry + repeats) is not its level
-        shaped = None
-        if mcfg.shaper_units:  # the drive first: the level is the target's over the shaper's output
-            def shape(u):
-                return model.waveshape(u, torch.zeros(*u.shape, mcfg.shaper_units))
-            with torch.no_grad():
-                g, weight = pre_gains(train_set, shape)
-            drive = model.fit_pre_gain(train_set.knobs, g, weight)
-            if drive is None:
-                log("shaper's pre-gain starts at 0 dB: under 10% of the pairs are explained better by a clipper driven harder")
-            else:
-                log(f"shaper's pre-gain starts at the pairs' drive: {drive['at_zero_db']:+.1f} dB at knobs 0, linear in "
-                    f"the knobs (rms miss {drive['rms_miss_db']:.1f} dB over {drive['pairs']} pairs that clip)")
-
-                def shaped(i, x):
-                    with torch.no_grad():
-                        return shape(math.exp(drive["per_pair"][i]) * torch.from_numpy(np.asarray(x, np.float32))).numpy()
+        # the drive first: with a shaper, the level is the target's over the shaper's output
+        shaped = start_drive(model, train_set, log) if mcfg.shaper_units else None
         keep, ratios = level_ratios(train_set, shaped=shaped)
         if keep.any():
             fit = model.fit_level(train_set.knobs[keep], ratios)
