@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from training.effects import get_effect
+from training.lfo import example_fit
 from training.model import SignalTrainPi, StepModel, macs_per_second, tier_config
 
 from .pipeline import convert
@@ -36,6 +37,7 @@ CONFIGS = {
     "gain+fir+shaper": dict(shaper_units=8),
     "gain+fir+delay": dict(delay_lines=1, delay_min=720, delay_max=720 + 28672),
     "gain+shaper+delay": dict(fir_taps=0, shaper_units=8, delay_lines=1, delay_min=720, delay_max=720 + 28672),
+    "gain+fir+mod": dict(mod_lines=1, mod_max=1024),  # a chorus's swept delay
 }
 
 
@@ -52,6 +54,10 @@ def shaken(cfg, seed=0) -> SignalTrainPi:
     if cfg.delay_lines:
         k = torch.rand(64, cfg.n_knobs, dtype=torch.float64).numpy()
         m.fit_delay_map(k, cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (0.1 + 0.8 * k.mean(1)))
+    if cfg.mod_lines:
+        m.fit_mod(example_fit(cfg.n_knobs, cfg.sample_rate, centre=0.45 * cfg.mod_max, sweep=0.45 * cfg.mod_max))
+        with torch.no_grad():
+            m.mod_head.bias.fill_(0.7)
     return m
 
 

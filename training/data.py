@@ -586,18 +586,21 @@ class PairSet:
         self.knobs = np.array([[k.to_normalized(v) for k, v in zip(self.knob_specs, p.knobs)] for p in self.pairs], np.float32)
         self.lengths = np.array([len(x) for x in self.x])
 
-    def batch(self, rng: np.random.Generator, batch: int, chunk: int, with_index: bool = False):
+    def batch(self, rng: np.random.Generator, batch: int, chunk: int, with_index: bool = False,
+              with_start: bool = False):
         """``batch`` random chunks (xs, ys, knobs), weighted by pair length; ``with_index``: also
-        which pair each chunk came from."""
+        which pair each chunk came from; ``with_start``: also where in its pair each chunk starts
+        (samples; an LFO's phase there)."""
         ok = np.flatnonzero(self.lengths >= chunk)
         if not len(ok):
             raise ValueError(f"no pair is as long as a chunk of {chunk} samples (longest {self.lengths.max()})")
         idx = rng.choice(ok, batch, p=self.lengths[ok] / self.lengths[ok].sum())
         xs, ys = np.empty((batch, chunk), np.float32), np.empty((batch, chunk), np.float32)
+        starts = np.empty(batch, np.int64)
         for b, i in enumerate(idx):
-            s = rng.integers(0, self.lengths[i] - chunk + 1)
+            s = starts[b] = rng.integers(0, self.lengths[i] - chunk + 1)
             xs[b], ys[b] = self.x[i][s:s + chunk], self.y[i][s:s + chunk]
-        return (xs, ys, self.knobs[idx], idx) if with_index else (xs, ys, self.knobs[idx])
+        return (xs, ys, self.knobs[idx]) + ((idx,) if with_index else ()) + ((starts,) if with_start else ())
 
     def fixed_chunks(self, chunk: int, n: int, seed: int = 1234):
         """The same chunks every call: a stable validation set."""

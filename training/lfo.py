@@ -43,9 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-HARMONICS = 5  # harmonics of the delay's shape (a sweep clipped at 1 ms needs about 5)
+HARMONICS = 5  # harmonics of the delay's shape (a sweep clipped at 1 ms)
 KNOTS = 16  # spline knots per knob (as the delay map)
 FRAME, STEP = 1024, 256  # the track's frames
+CYCLES_FOR_RATE = 2.0  # step 5: a pair's rate is refined against its audio only when it holds this many
 PENALTY = 0.005  # dynamic programming: score lost per sample of lag change between frames
 CRITERIA = {
     "min_cycles": 1.0,  # a pair's rate is measured only when it holds a cycle
@@ -152,6 +153,20 @@ def fit_shape(knobs: np.ndarray, thetas: list, lags: list, weights: list, floor:
     full = np.zeros((len(used), 1 + 2 * HARMONICS))
     full[used] = sol.reshape(int(used.sum()), -1)
     return full, [keep[owner == p] for p in range(len(thetas))]
+
+
+def fit_rate_map(knobs: np.ndarray, rates: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray, float]:
+    """The rate map (``fit_map``) of the rate or of its log, whichever explains the pairs better (a
+    rate knob's taper is often logarithmic: the log rate is then linear in it). -> (map, log,
+    kept pairs, rms relative error of the kept pairs' rates)."""
+    best = None
+    for log_rate in (True, False):
+        sol, keep = fit_map(knobs, (np.log(rates) if log_rate else rates)[:, None], outlier=0.0)
+        got = eval_map(sol, knobs)[:, 0]
+        rms = float(np.sqrt(np.mean(((np.exp(got) if log_rate else got) / rates - 1.0)[keep] ** 2)))
+        if best is None or rms < best[3]:
+            best = (sol, log_rate, keep, rms)
+    return best
 
 
 def eval_map(sol: np.ndarray, knobs: np.ndarray) -> np.ndarray:
@@ -323,6 +338,7 @@ class LfoFit:
     pairs: dict = field(default_factory=dict)  # pair index -> PairFit
     tracks: dict = field(default_factory=dict)  # pair index -> Track
     kept_frames: dict = field(default_factory=dict)  # pair index -> the frames the shape fit kept
+    refined: dict = field(default_factory=dict)  # pair index -> (rate, sweep, ESR after, ESR of the input alone)
 
     def rate(self, knobs) -> np.ndarray:
         v = eval_map(self.rate_map, np.atleast_2d(knobs))[:, 0]
@@ -345,6 +361,20 @@ class LfoFit:
             text += (f"; delays {m['delay_range'][0]:.0f}..{m['delay_range'][1]:.0f} samples; mapped delay vs the "
                      f"tracks: rms {m['track_rms']:.2f}, median pair {m['track_rms_median']:.2f} samples")
         return text
+
+
+def example_fit(n_knobs: int, sample_rate: int = 48000, centre: float = 336.0, sweep: float = 300.0,
+                rates=(0.1, 5.0), phase0: float = 0.25) -> LfoFit:
+    """A swept delay as a chorus makes one, for tests and benchmarks of a model's swept delay: the
+    rate log-spaced over the first knob's travel, the sweep ``centre`` +- ``sweep`` x the last knob's
+    position (samples), the same start phase for every setting."""
+    n_basis = n_knobs * (2 + KNOTS)
+    rate = np.zeros((n_basis + 1, 1))
+    rate[0, 0], rate[-1, 0] = math.log(rates[1] / rates[0]), math.log(rates[0])
+    shape = np.zeros((n_basis + 1, 1 + 2 * HARMONICS))
+    shape[-1, 0] = centre
+    shape[(n_knobs - 1) * (2 + KNOTS), 1] = sweep
+    return LfoFit(True, "example", sample_rate, phase0, rate, True, shape)
 
 
 def refine_track(x, y, delay: np.ndarray, sample_rate: int, half: int = 32, win: int = 512, step: int = 256) -> Track:
@@ -393,6 +423,85 @@ def refine_track(x, y, delay: np.ndarray, sample_rate: int, half: int = 32, win:
     return Track(centre / sample_rate, np.interp(centre, np.arange(n), delay[:n]) + off, weight)
 
 
+def _lowpass(v: np.ndarray, cutoff: float) -> np.ndarray:
+    """v through a zero-phase low-pass at ``cutoff`` (a fraction of the sample rate; a raised-cosine
+    edge an octave wide), by FFT: the coarse stages of ``refine_audio``."""
+    n = len(v)
+    f = np.fft.rfftfreq(n)
+    gain = np.clip(np.log2(np.maximum(2 * cutoff / np.maximum(f, 1e-12), 1e-12)), 0.0, 1.0)
+    gain = 0.5 - 0.5 * np.cos(np.pi * gain)
+    return np.fft.irfft(np.fft.rfft(v) * gain, n)
+
+
+def _read(x: np.ndarray, pos: np.ndarray):
+    """x at fractional positions (zero before its start), linearly interpolated, and the slope
+    of each interpolation segment (the derivative with respect to the position)."""
+    pos = np.clip(pos, -1.0, len(x) - 2.0)
+    i0 = np.floor(pos).astype(np.int64)
+    f = pos - i0
+    xp = np.r_[0.0, x, 0.0]
+    a, b = xp[i0 + 1], xp[i0 + 2]
+    return a + f * (b - a), b - a
+
+
+def refine_audio(x, y, sample_rate: int, phase0: float, rate: float, coef: np.ndarray,
+                 cutoffs=(300.0, 1000.0, 4000.0, None), iters: int = 8,
+                 fit_rate: bool = True) -> tuple[float, np.ndarray, float, float]:
+    """Step 5: one pair's rate and delay shape refined against its audio, not its track: the
+    target modelled as ``g x[n] + a x[n - d(n)]`` (the gains by least squares at every step),
+    d(n) = the harmonics of theta(n) = 2 pi (phase0 + rate n / sr) times ``coef``, by
+    Levenberg-Marquardt on the delay's parameters. The error surface of a delay is flat beyond
+    half a period of the signal's content, so the first stages see both signals low-passed
+    (``cutoffs``, Hz; None = as they are) and each stage starts where the coarser one ended.
+    ``fit_rate=False`` keeps the rate (a pair holding less than a couple of cycles cannot tell a
+    rate from a shape: a slower rate with other harmonics fits its span as well).
+    -> (rate, coef, the ESR of that model before, after)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = min(len(x), len(y))
+    x, y = x[:n], y[:n]
+    K = (len(coef) - 1) // 2
+    p = np.r_[rate, np.asarray(coef, np.float64)]
+    every = np.arange(n)
+
+    def model(p, xs, ys, at):  # the residual at the samples ``at`` (a low-passed pair needs few)
+        t = at / sample_rate
+        th = 2 * np.pi * (phase0 + p[0] * t)
+        H = harmonic_columns(th, K)
+        w, slope = _read(xs, at - H @ p[1:])
+        A = np.stack([xs[at], w], 1)
+        g = np.linalg.lstsq(A, ys[at], rcond=None)[0]
+        return ys[at] - A @ g, g, H, t, slope
+
+    def esr(p, xs, ys, at):
+        e = model(p, xs, ys, at)[0]
+        return float(e @ e / max(float(ys[at] @ ys[at]), 1e-20))
+
+    before = esr(p, x, y, every)
+    for cut in cutoffs:
+        xs, ys = (x, y) if cut is None else (_lowpass(x, cut / sample_rate), _lowpass(y, cut / sample_rate))
+        at = every[::max(1, int(sample_rate / (4 * cut)))] if cut else every[::2]  # 2x the band's Nyquist rate
+        lam, cur = 1e-3, esr(p, xs, ys, at)
+        for _ in range(iters):
+            e, g, H, t, slope = model(p, xs, ys, at)
+            dH = np.zeros_like(H)  # d/dtheta of the harmonics
+            for k in range(1, K + 1):
+                dH[:, 2 * k - 1] = k * H[:, 2 * k]
+                dH[:, 2 * k] = -k * H[:, 2 * k - 1]
+            dd = np.column_stack([(dH @ p[1:]) * 2 * np.pi * t * fit_rate, H])  # d delay / d params
+            J = (-g[1] * slope)[:, None] * dd  # d model / d params (the residual's is its negative)
+            JTJ, JTe = J.T @ J, J.T @ e
+            while lam < 1e6:
+                step = np.linalg.solve(JTJ + lam * np.diag(np.diag(JTJ)) + 1e-12 * np.eye(len(p)), JTe)
+                new = esr(p + step, xs, ys, at)
+                if new < cur:
+                    p, cur, lam = p + step, new, max(lam / 3, 1e-6)
+                    break
+                lam *= 4
+            else:
+                break
+    return float(p[0]), p[1:], before, esr(p, x, y, every)
+
+
 def _fit_maps(out: "LfoFit", idx, knobs, tracks, fits) -> bool:
     """Step 3 and 4 from the reliable pairs' fits and every pair's track; False (with out.reason)
     when the data do not make a swept delay set by the knobs."""
@@ -403,15 +512,7 @@ def _fit_maps(out: "LfoFit", idx, knobs, tracks, fits) -> bool:
         out.reason = f"too few pairs show a swept delay ({len(rel)} of {len(idx)})"
         return False
     rates = np.array([fits[i].rate for i in rel])
-    best = None
-    for log_rate in (True, False):  # a rate knob's taper is often logarithmic: the log rate is then linear in it
-        sol, keep = fit_map(knobs[rel], (np.log(rates) if log_rate else rates)[:, None], outlier=0.0)
-        got = eval_map(sol, knobs[rel])[:, 0]
-        rel_err = ((np.exp(got) if log_rate else got) - rates) / rates
-        rms = float(np.sqrt(np.mean(rel_err[keep] ** 2)))
-        if best is None or rms < best[0]:
-            best = (rms, sol, keep, log_rate)
-    m["rate_rms"], out.rate_map, keep, out.rate_log = best
+    out.rate_map, out.rate_log, keep, m["rate_rms"] = fit_rate_map(knobs[rel], rates)
     m["rate_left_out"] = [rel[j] for j in np.flatnonzero(~keep)]
     # the phase at t = 0, with the rate from the map (a pair's own rate error would move its phase)
     z = []
@@ -449,7 +550,70 @@ def _fit_maps(out: "LfoFit", idx, knobs, tracks, fits) -> bool:
     return True
 
 
-def measure(pairs_xy, knobs: np.ndarray, sample_rate: int, refinements: int = 2, log=None) -> LfoFit:
+def _refine_maps(out: LfoFit, idx, knobs, audio, sample_rate: int):
+    """Step 5, in two rounds. First the pairs holding at least ``CYCLES_FOR_RATE`` cycles at the
+    maps' rate, rate and shape refined against their audio (``refine_audio``, from the maps'
+    values at their knobs); the rate map again from those it explains whose sweep is wide enough
+    to show a rate. Then every pair with the rate from that map, its shape alone refined; the shape
+    map (the coefficients as a map of the knobs) from every pair it explains. A pair is explained
+    when the swept delay leaves at most a tenth of what its input alone (at the best gain) leaves."""
+    m = out.measures
+    sig = {}
+    for i in idx:
+        x, y = audio[i]
+        n = min(len(x), len(y))
+        sig[i] = (np.asarray(x[:n], np.float64), np.asarray(y[:n], np.float64))
+
+    def dry_esr(i):
+        x, y = sig[i]
+        g = float(x @ y) / max(float(x @ x), 1e-20)
+        return float(np.sum((y - g * x) ** 2) / max(float(y @ y), 1e-20))
+
+    def run(i, fit_rate):
+        x, y = sig[i]
+        r, c, _, after = refine_audio(x, y, sample_rate, out.phase0, float(out.rate(knobs[i])[0]),
+                                      eval_map(out.shape_map, knobs[i:i + 1])[0], fit_rate=fit_rate)
+        dry = dry_esr(i)
+        out.refined[i] = (r, float(math.hypot(c[1], c[2])), after, dry)
+        return r, c, after <= 0.1 * dry
+
+    long_ = [i for i in idx if float(out.rate(knobs[i])[0]) * len(sig[i][0]) / sample_rate >= CYCLES_FOR_RATE]
+    rates = {}
+    for i in long_:
+        r, c, ok = run(i, True)
+        if ok and math.hypot(c[1], c[2]) >= CRITERIA["min_sweep"] and r > 0:
+            rates[i] = r
+    m["rate_pairs"] = len(rates)
+    if len(rates) >= 4:  # else the tracks' rate map stays
+        wide = sorted(rates)
+        out.rate_map, out.rate_log, _, m["rate_rms"] = fit_rate_map(knobs[wide], np.array([rates[i] for i in wide]))
+    # each explained pair's refined delay curve, every STEP samples where its input is not silent
+    # (a pair holding part of a cycle fixes its curve, not its harmonics' coefficients, which trade
+    # off: so the shape map is fitted to the curves, as to the tracks in step 4)
+    thetas, curves, weights = [], [], []
+    for i in idx:
+        r, c, ok = run(i, False)
+        if not ok:
+            continue
+        x = sig[i][0]
+        f = np.arange(0, len(x) - STEP + 1, STEP)
+        e = np.add.reduceat(x * x, f) / STEP
+        th = 2 * np.pi * (out.phase0 + r * (f + STEP / 2) / sample_rate)
+        thetas.append(th)
+        curves.append(harmonic_columns(th, HARMONICS) @ c)
+        weights.append((e > 1e-6 * e.max()).astype(np.float64))
+    ok = [i for i in idx if out.refined[i][2] <= 0.1 * out.refined[i][3]]
+    m["audio_refined"], m["audio_explained"] = len(idx), len(ok)
+    if len(ok) < 4:
+        m["audio_refine"] = "too few pairs explained: the tracks' maps kept"
+        return
+    out.shape_map, kept = fit_shape(knobs[ok], thetas, curves, weights)
+    m["shape_pairs"] = int(sum(k.any() for k in kept))
+    m["audio_refine"] = "rate and shape maps from the refined pairs" if len(rates) >= 4 else "shape map from the refined pairs"
+
+
+def measure(pairs_xy, knobs: np.ndarray, sample_rate: int, refinements: int = 2, audio_refine: bool = True,
+            log=None) -> LfoFit:
     """pairs_xy: list of (pair index, input, target), each pair at fixed knobs; knobs: (N, K) knob
     positions of every pair (indexed like the pair indices). Steps 1-4 of the module docstring,
     then ``refinements`` rounds of: every pair's track again along the maps' delay
@@ -471,6 +635,8 @@ def measure(pairs_xy, knobs: np.ndarray, sample_rate: int, refinements: int = 2,
             fits[i] = fit_pair(tracks[i], rates=r * np.linspace(0.8, 1.25, 91))
         if not _fit_maps(out, idx, knobs, tracks, fits):
             return _done(out, log)
+    if audio_refine:
+        _refine_maps(out, idx, knobs, audio, sample_rate)
     # the maps' delay against every pair's own track (the frames a robust fit keeps)
     m = out.measures
     per, lo, hi = [], math.inf, -math.inf

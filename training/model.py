@@ -61,6 +61,9 @@ class ModelConfig:
     delay_lines: int = 0  # recursive delay lines (echo, time alignment); 0 = none
     delay_min: int = 129  # shortest delay, samples (> the block the offline form recurses over)
     delay_max: int = 24129  # longest delay, samples (the state holds this much of each line)
+    mod_lines: int = 0  # an LFO-swept delay of the input (chorus, flanger, vibrato); 0 = none, 1 = one
+    mod_harmonics: int = 5  # the sweep's shape: a sum of this many harmonics of the LFO's phase
+    mod_max: int = 2048  # longest swept delay, samples (the state holds this much of the input)
     n_bins: int = 64  # analysis filterbank channels (Hann-windowed DFT bins, log-spaced)
     learn_analysis: bool = True  # learn the filterbank from its DFT init (it learns far faster; a
     #                              fixed one keeps magnitudes phase-invariant: less hop-rate ripple)
@@ -87,6 +90,8 @@ class ModelConfig:
             raise ValueError(f"attention {self.attention!r} must be sparse, dense or none")
         if self.delay_lines and not (self.hop < self.delay_min < self.delay_max):
             raise ValueError(f"delay lines need hop {self.hop} < delay_min {self.delay_min} < delay_max {self.delay_max}")
+        if self.mod_lines not in (0, 1) or (self.mod_lines and self.mod_max < 2):
+            raise ValueError(f"mod_lines {self.mod_lines} must be 0 or 1 (mod_max {self.mod_max} >= 2)")
         if self.delay_lines and not all(float16_exact(v) == v for v in (self.delay_min, self.delay_max - self.delay_min)):
             # a float16 bundle stores these two constants in float16: rounded, every delay would be off
             raise ValueError(f"delay_min {self.delay_min} and delay_max - delay_min {self.delay_max - self.delay_min} "
@@ -113,7 +118,7 @@ class ModelConfig:
     @property
     def parts(self) -> list[str]:
         return ["gain"] + [p for p, on in (("fir", self.fir_taps), ("shaper", self.shaper_units),
-                                           ("delay", self.delay_lines)) if on]
+                                           ("delay", self.delay_lines), ("mod", self.mod_lines)) if on]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -315,6 +320,23 @@ def causal_filter(x, h):
     return torch.fft.irfft(X[:, None] * Hf[None], n)[..., :N]
 
 
+def mod_rate(v):
+    """(1 + v / 16) ** 16 by four squarings: an exp-like curve (a log-taper rate knob is nearly a
+    line in v) in exactly rounded operations only, so that every form and runtime computes the same
+    rate to the last bit (exp is not rounded alike everywhere, and a rate off by an ulp moves the
+    LFO's phase, summed hop by hop, further every hop). Four, not more: each squaring doubles the
+    float32 rounding of the base (16 x 6e-8 = 1e-6 of the rate at most)."""
+    r = 1.0 + v * 0.0625
+    for _ in range(4):
+        r = r * r
+    return r
+
+
+def mod_rate_inverse(rate):
+    """The v at which mod_rate(v) = rate (numpy, float64)."""
+    return 16.0 * (np.power(rate, 1.0 / 16) - 1.0)
+
+
 def tree_sum(v):
     """(..., L) -> (..., 1): the last axis summed in pairwise halves, in the same order of additions
     whatever the leading shape (a batch of frames offline, one frame streaming)."""
@@ -393,10 +415,33 @@ class SignalTrainPi(nn.Module):
             self.register_buffer("delay_w_hi", torch.zeros(cfg.delay_lines, n_basis))
             self.register_buffer("delay_w_lo", torch.zeros(cfg.delay_lines, n_basis))
             self.register_buffer("delay_b", torch.tensor([[0.5, 0.0]]).repeat(cfg.delay_lines, 1))  # hi, lo
+            self.delay_head = nn.Linear(d + cfg.n_knobs, 2 * cfg.delay_lines)  # per line: feedback, wet level
+        if cfg.delay_lines or cfg.mod_lines:  # the knob maps' spline knots
             self.register_buffer("delay_knots", torch.arange(DELAY_KNOTS).float().view(1, -1) / DELAY_KNOTS,
                                  persistent=False)
-            self.delay_head = nn.Linear(d + cfg.n_knobs, 2 * cfg.delay_lines)  # per line: feedback, wet level
-        for lin in (self.gain_head, self.fir_head, getattr(self, "shaper_head", None), self.delay_head, self.film[-1]):
+        self.mod_head = None
+        if cfg.mod_lines:
+            # An LFO-swept delay (fit_mod, from training/lfo.py's measurement): its rate and the shape
+            # of its sweep are settings, maps of the knobs (the delay map's spline), fitted, not
+            # learned (as a delay, a swept one has no useful gradient from afar). The shape map gives
+            # one coefficient per harmonic (a constant, then sin, cos of k x phase). Rows:
+            # the map's weights, then its constant; each as a float16 part and a remainder. The rate
+            # map gives v, the rate is mod_rate(v) (about exp(v): a log-taper rate knob is a line).
+            n_basis = cfg.n_knobs * (2 + DELAY_KNOTS)
+            C = 1 + 2 * cfg.mod_harmonics
+            self.register_buffer("mod_rate_hi", torch.zeros(1, n_basis + 1))
+            self.register_buffer("mod_rate_lo", torch.zeros(1, n_basis + 1))
+            self.register_buffer("mod_shape_hi", torch.zeros(C, n_basis + 1))
+            self.register_buffer("mod_shape_lo", torch.zeros(C, n_basis + 1))
+            self.register_buffer("mod_phase0", torch.zeros(2))  # turns at the effect's reset: hi, lo
+            self.register_buffer("mod_frac", torch.arange(cfg.hop).float() / cfg.hop, persistent=False)
+            # 2 pi as a float16 part and a remainder (2 pi in float16 is 3e-4 off: a 300-sample sweep
+            # would be off by 0.1 sample, 33 dB)
+            self.register_buffer("mod_two_pi", torch.from_numpy(np.concatenate(float16_parts(np.array([2 * math.pi])))).float(),
+                                 persistent=False)
+            self.mod_head = nn.Linear(d + cfg.n_knobs, 1)  # wet level
+        for lin in (self.gain_head, self.fir_head, getattr(self, "shaper_head", None), self.delay_head, self.mod_head,
+                    self.film[-1]):
             if lin is None:
                 continue
             nn.init.normal_(lin.weight, std=1e-3)
@@ -441,7 +486,76 @@ class SignalTrainPi(nn.Module):
             n = cfg.delay_lines
             pos = torch.clamp(self.delay_from_knobs(knobs), 0.0, 1.0)
             out["delay"] = torch.cat([pos, 0.98 * torch.tanh(z[..., :n]), z[..., n:]], dim=-1)
+        if self.mod_head is not None:  # the sweep's harmonics' coefficients (samples), wet level
+            out["mod"] = torch.cat([self.knob_map(knobs, self.mod_shape_hi, self.mod_shape_lo),
+                                    self.mod_head(hk)], dim=-1)
         return out
+
+    def knob_map(self, knobs, hi, lo):
+        """knobs (..., K) -> (..., C): a spline map of the knobs, weights ``hi`` + ``lo`` (C, n_basis + 1),
+        constant last, the two parts summed apart. One row (C = 1): exactly rounded operations in a
+        fixed order, the same in every form (see delay_from_knobs); more rows: a matmul, whose
+        rounding depends on the shapes (an ulp of a delay of hundreds of samples is 1e-4 of a sample)."""
+        b = self.delay_basis(knobs)
+        n = b.shape[-1]
+        if hi.shape[0] == 1:
+            return (tree_sum(b * hi[:, :n]) + hi[:, n:]) + (tree_sum(b * lo[:, :n]) + lo[:, n:])
+        return (b @ hi[:, :n].t() + hi[:, n]) + (b @ lo[:, :n].t() + lo[:, n])
+
+    def mod_increment(self, knobs):
+        """knobs (..., K) -> (..., 1): the LFO's phase advance per hop, in turns (rate x hop / sample
+        rate: the map is fitted to it, so that no constant a float16 bundle would round multiplies it)."""
+        return mod_rate(self.knob_map(knobs, self.mod_rate_hi, self.mod_rate_lo))
+
+    def mod_delays(self, phase, inc, coef):
+        """The swept delay over one hop: phase, inc (..., 1) (turns at the hop's first sample, per
+        hop), coef (..., H, C) per-sample coefficients -> (..., H) samples, within 0..mod_max - 1."""
+        cfg = self.cfg
+        u = phase + inc * self.mod_frac + self.mod_phase0[0] + self.mod_phase0[1]  # (..., H) turns
+        cols = [torch.ones_like(u)]
+        for k in range(1, cfg.mod_harmonics + 1):
+            v = u * float(k)
+            v = v - torch.floor(v)  # the harmonic's own phase, wrapped: full precision
+            for w in (v, v + 0.25):  # sin, then cos as a sine a quarter turn on (one builtin op)
+                cols.append(torch.sin(w * self.mod_two_pi[0] + w * self.mod_two_pi[1]))
+        d = tree_sum(torch.stack(cols, dim=-1) * coef)[..., 0]
+        return torch.clamp(d, 0.0, float(cfg.mod_max - 1))
+
+    def mod_start_phase(self, knobs, start):
+        """knobs (B, K), start (B,) samples from the effect's reset -> (B, 1) the LFO's phase there
+        (turns, before the fitted phase0): a training chunk cut from the middle of a pair."""
+        inc = self.mod_increment(knobs).double()
+        ph = inc * (torch.as_tensor(start, dtype=torch.float64, device=inc.device).view(-1, 1) / self.cfg.hop)
+        return (ph - torch.floor(ph)).float()
+
+    @torch.no_grad()
+    def fit_mod(self, lfo) -> dict:
+        """Set the swept delay from training/lfo.py's measurement (an ``LfoFit`` that found one)."""
+        cfg = self.cfg
+        if not lfo.modulated:
+            raise ValueError(f"no swept delay to fit: {lfo.reason}")
+        if lfo.shape_map.shape[1] != 1 + 2 * cfg.mod_harmonics:
+            raise ValueError(f"the measurement has {(lfo.shape_map.shape[1] - 1) // 2} harmonics, the model "
+                             f"{cfg.mod_harmonics}")
+        # the rate map in the model's terms: v = mod_rate's inverse of the measured map's rate, fitted
+        # over knob settings spread through the whole knob space (the model's map has every knot)
+        from .lfo import spline_basis
+        u = np.random.default_rng(0).random((max(4096, 256 * cfg.n_knobs), cfg.n_knobs))
+        want = lfo.rate(u) * (cfg.hop / cfg.sample_rate)  # turns per hop
+        if (want <= 0).any():
+            raise ValueError(f"the measured rate map goes to {want.min() * cfg.sample_rate / cfg.hop:.3g} Hz somewhere "
+                             f"in the knobs' range")
+        a = np.hstack([spline_basis(u), np.ones((len(u), 1))])
+        v = np.linalg.lstsq(a, mod_rate_inverse(want), rcond=None)[0]
+        got = mod_rate(torch.from_numpy(a @ v)).numpy()
+        maps = (((self.mod_rate_hi, self.mod_rate_lo), v[:, None]), ((self.mod_shape_hi, self.mod_shape_lo), lfo.shape_map))
+        for (hi, lo), m in maps:
+            h, l = float16_parts(np.asarray(m, np.float64).T)
+            hi.copy_(torch.from_numpy(h).float())
+            lo.copy_(torch.from_numpy(l).float())
+        h, l = float16_parts(np.array([lfo.phase0 % 1.0]))
+        self.mod_phase0.copy_(torch.tensor([h[0], l[0]]).float())
+        return {"phase0": lfo.phase0, "rate_error_max": float(np.abs(got / want - 1.0).max())}
 
     def delay_basis(self, knobs):
         """knobs (..., K) -> (..., K * (2 + DELAY_KNOTS)): per knob u, u^2, relu(u - t)^3 at each knot t."""
@@ -571,8 +685,10 @@ class SignalTrainPi(nn.Module):
         return cfg.delay_min + (cfg.delay_max - cfg.delay_min) * pos01
 
     # --- offline (training) form ------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, knobs: torch.Tensor) -> torch.Tensor:
-        """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1."""
+    def forward(self, x: torch.Tensor, knobs: torch.Tensor, start=None) -> torch.Tensor:
+        """x (B, N) with N a multiple of hop; knobs (B, K) or per frame (B, N // hop, K), in 0..1;
+        start (B,): where each chunk starts, in samples from the effect's reset (a swept delay's
+        LFO phase; None: 0, as the streaming form starts)."""
         cfg = self.cfg
         B, N = x.shape
         H, T = cfg.hop, N // cfg.hop
@@ -592,6 +708,8 @@ class SignalTrainPi(nn.Module):
             per_sample["shaper"] = torch.cat([hd["shaper"][..., :1 + J], hd["shaper"][..., 1 + J + Kq:]], dim=-1)
         if "delay" in hd:
             per_sample["delay"] = hd["delay"]
+        if "mod" in hd:
+            per_sample["mod"] = hd["mod"]
         ramped = {k: ramp_between(F.pad(v[:, :-1], (0, 0, 1, 0)), v, self.ramp) for k, v in per_sample.items()}  # (B, T, H, C)
         gain = torch.exp(ramped["gain"][..., 0])  # (B, T, H)
         y = 0.0
@@ -621,7 +739,28 @@ class SignalTrainPi(nn.Module):
             y = y + gain * post
         if "delay" in hd:
             y = y + self._delay_offline(x, ramped["delay"].reshape(B, N, -1))
+        if "mod" in hd:
+            y = y + self._mod_offline(x, knobs, ramped["mod"], start)
         return y.reshape(B, N)
+
+    def _mod_offline(self, x, knobs, r, start):
+        """x (B, N), knobs (B, T, K), r (B, T, H, C + 1) per-sample coefficients and wet level -> (B, T, H)."""
+        cfg = self.cfg
+        B, N = x.shape
+        T, H = N // cfg.hop, cfg.hop
+        inc = self.mod_increment(knobs)  # (B, T, 1)
+        with torch.no_grad():  # the phase hop by hop, with the streaming form's operations (bit for bit)
+            ph = self.mod_start_phase(knobs[:, 0], start) if start is not None else x.new_zeros(B, 1)
+            phases = []
+            for t in range(T):
+                phases.append(ph)
+                ph = ph + inc[:, t]
+                ph = ph - torch.floor(ph)
+            phases = torch.stack(phases, dim=1)  # (B, T, 1)
+        d = self.mod_delays(phases, inc, r[..., :-1]).reshape(B, N)
+        Lm = cfg.mod_max + 1
+        rd = read_delayed(F.pad(x, (Lm, 0)), Lm + torch.arange(N, device=x.device), d.detach())
+        return r[..., -1] * rd.view(B, T, H)
 
     def _delay_offline(self, x, r):
         """x (B, N); r (B, N, 3 * lines) per-sample (position, feedback, wet) -> wet sum (B, T, H)."""
@@ -701,6 +840,8 @@ class StepModel(nn.Module):
                       ("shaper_z", (self.z_taps - 1,))]
         if cfg.delay_lines:
             parts += [("delay_prev", (3 * cfg.delay_lines,)), ("delay_lines", (cfg.delay_lines, self.line_length))]
+        if cfg.mod_lines:
+            parts += [("mod_phase", (1,)), ("mod_prev", (2 + 2 * cfg.mod_harmonics,)), ("mod_x", (cfg.mod_max + 1,))]
         if cfg.attention == "sparse":
             for i in range(cfg.n_blocks):
                 parts += [(f"b{i}.k_local", (L - 1, d)), (f"b{i}.v_local", (L - 1, d))]
@@ -785,6 +926,8 @@ class StepModel(nn.Module):
             out = out + gain * post
         if "delay" in hd:
             out = out + self._delay_step(audio, hd["delay"], parts, new)
+        if "mod" in hd:
+            out = out + self._mod_step(audio, knobs, hd["mod"], parts, new)
         return out, torch.cat([new[p["name"]] for p in self.layout], dim=1)
 
     def _past(self, frame, K):  # (1, window) -> (H, K): per sample of the hop its last K inputs, oldest first
@@ -812,6 +955,21 @@ class StepModel(nn.Module):
         b = audio + r[n:2 * n] * rd  # (n, H): the lines' new samples
         new["delay_lines"] = torch.cat([lines[:, H:], b], dim=1).reshape(1, n * Lb)
         return (r[2 * n:] * rd).sum(0, keepdim=True)  # (1, H)
+
+    def _mod_step(self, audio, knobs, cur, parts, new):
+        m, cfg = self.m, self.m.cfg
+        H, Lm = cfg.hop, cfg.mod_max + 1
+        prev, ph = parts["mod_prev"], parts["mod_phase"]
+        new["mod_prev"] = cur
+        inc = m.mod_increment(knobs)  # (1, 1)
+        nxt = ph + inc
+        new["mod_phase"] = nxt - torch.floor(nxt)
+        r = prev + (cur - prev) * m.ramp[:, None]  # (H, C + 1) per-sample values
+        d = m.mod_delays(ph[0], inc[0], r[:, :-1])[None]  # (1, H); 2-D inside (onnx2tf and 3-D tensors)
+        buf = torch.cat([parts["mod_x"], audio], dim=1)  # (1, Lm + H): the input's past, then this hop
+        new["mod_x"] = buf[:, H:]
+        rd = read_delayed(buf, Lm + torch.arange(H), d)
+        return r[:, -1][None] * rd
 
     def _attend(self, attn: SparseAttention, a, parts, new, pre, flags):  # a (1, d) -> (1, d)
         cfg = self.m.cfg
@@ -854,6 +1012,9 @@ def macs_per_second(cfg: ModelConfig) -> float:
                                         + cfg.shaper_bank * (cfg.shaper_bank_taps + 1))
     if cfg.delay_lines:
         per_frame += d * 3 * cfg.delay_lines + cfg.hop * cfg.delay_lines * 12  # heads, ramps, two reads, lerp, feedback
+    if cfg.mod_lines:
+        C, nb = 1 + 2 * cfg.mod_harmonics, cfg.n_knobs * (2 + DELAY_KNOTS)
+        per_frame += 2 * (C + 1) * nb + d + cfg.hop * (2 * C + 3 * cfg.mod_harmonics + 8)  # maps, head, ramps, sines, sum, read
     return per_frame * cfg.sample_rate / cfg.hop
 
 

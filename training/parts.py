@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .lfo import HARMONICS, measure_set
 from .model import float16_exact
 
 THRESHOLDS = {
@@ -41,6 +42,7 @@ THRESHOLDS = {
     "delay_floor": 100.0,  # ... and stands 100x above the median far tap (echoes: 110-3000x; chorus, phaser: mostly 7-90x)  # ... in at least a quarter of the pairs: add delay lines
 }
 FRAME = 2048  # samples per frame of the local fits
+LFO_PAIRS = 64  # pairs the swept-delay measurement reads
 LOCAL_TAPS = 32  # the local linear fit's taps (the FIR residual's reach)
 
 
@@ -63,19 +65,25 @@ class Parts:
     lookback_s: float | None  # a longer look-back the delays need (None: the default)
     measures: dict = field(default_factory=dict)
     pair_delays: dict = field(default_factory=dict)  # pair index -> measured delay in samples (training pairs)
+    mod_lines: int = 0  # an LFO-swept delay (training/lfo.py found one)
+    mod_max: int = 2048  # its longest delay, samples
+    lfo: object = None  # the LfoFit the model's swept delay is set from
 
     def model_overrides(self) -> dict:
         return {"fir_taps": self.fir_taps, "shaper_units": self.shaper_units, "delay_lines": self.delay_lines,
-                "delay_min": self.delay_min, "delay_max": self.delay_max}
+                "delay_min": self.delay_min, "delay_max": self.delay_max, "mod_lines": self.mod_lines,
+                "mod_max": self.mod_max, "mod_harmonics": HARMONICS}
 
     def summary(self) -> str:
         on = ["gain"] + [n for n, v in (("fir", self.fir_taps), ("shaper", self.shaper_units),
-                                        ("delay", self.delay_lines)) if v]
+                                        ("delay", self.delay_lines), ("mod", self.mod_lines)) if v]
         m = self.measures
         text = (f"parts from the data: {' + '.join(on)} (gain-only residual {m['gain_residual']:.3f} vs the dry input's {m.get('dry_residual', float('nan')):.3f}, "
                 f"local linear residual {m['local_residual']:.3f}, pairs with a far peak {m['delay_pairs']:.2f}")
         if self.delay_lines:
             text += f"; delays {self.delay_min}..{self.delay_max} samples"
+        if self.lfo is not None:
+            text += f"; {self.lfo.summary()}"
         return text + ")"
 
 
@@ -178,7 +186,20 @@ def parts_for(train_set, max_pairs: int = 48, seed: int = 0, hop: int = 64, log=
     rng = np.random.default_rng(seed)
     idx = list(range(len(train_set.pairs)))
     chosen = sorted(rng.choice(idx, min(max_pairs, len(idx)), replace=False).tolist())
-    parts = choose_parts([(i, train_set.x[i], train_set.y[i]) for i in chosen], train_set.sample_rate, hop, log=log)
+    parts = choose_parts([(i, train_set.x[i], train_set.y[i]) for i in chosen], train_set.sample_rate, hop)
+    if parts.fir_taps and not parts.delay_lines:
+        # a swept delay (chorus, flanger, vibrato) shows as a linear residual the FIR cannot reach
+        # and no fixed far peak: measure its LFO (training/lfo.py; tens of seconds, more when found)
+        lfo = measure_set(train_set, max_pairs=LFO_PAIRS, seed=seed)
+        parts.measures["lfo"] = {"modulated": lfo.modulated, "reason": lfo.reason,
+                                 **{k: v for k, v in lfo.measures.items() if not isinstance(v, list)}}
+        if lfo.modulated:
+            parts.mod_lines, parts.lfo = 1, lfo
+            # the swept delay is what no 32-tap filter explains: the local linear residual measured
+            # it, not a nonlinearity (chorus on the demo tier: 0.20, against a drive's 0.014)
+            parts.shaper_units = 0
+            reach = float(lfo.measures["delay_range"][1])
+            parts.mod_max = float16_exact(int(min(max(1.25 * reach + 4, 64), 8192)))
     if parts.delay_lines:  # teach every pair's delay, not only the measured sample's
         near = 2 * LOCAL_TAPS
         for i in idx:
@@ -191,6 +212,8 @@ def parts_for(train_set, max_pairs: int = 48, seed: int = 0, hop: int = 64, log=
             lag, peak = far_peak(h, near)
             if peak >= THRESHOLDS["delay_peak"]:
                 parts.pair_delays[i] = lag
+    if log:
+        log(parts.summary())
     return parts
 
 
@@ -214,8 +237,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     ts = PairSet(a.data, "Train")
     parts = parts_for(ts, log=print)
+    lfo, parts.lfo = parts.lfo, None
     d = asdict(parts)
     d["pair_delays"] = len(parts.pair_delays)
+    d["lfo"] = lfo.summary() if lfo is not None else None
     print(json.dumps(d, indent=1))
 
 

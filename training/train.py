@@ -184,12 +184,16 @@ def choose_parts(cfg: TrainConfig, train_set: PairSet, log=print) -> Parts:
     parts = parts_for(train_set, seed=cfg.seed, hop=cfg.hop, log=log)
     if cfg.parts != "auto":
         wanted = {p.strip() for p in cfg.parts.split(",") if p.strip()}
-        unknown = wanted - {"gain", "fir", "shaper", "delay"}
+        unknown = wanted - {"gain", "fir", "shaper", "delay", "mod"}
         if unknown:
-            raise ValueError(f"--parts {cfg.parts!r}: unknown part(s) {sorted(unknown)} (choose from gain,fir,shaper,delay)")
+            raise ValueError(f"--parts {cfg.parts!r}: unknown part(s) {sorted(unknown)} (choose from gain,fir,shaper,delay,mod)")
+        if "mod" in wanted and parts.lfo is None:
+            raise ValueError(f"--parts {cfg.parts!r}: mod needs a swept delay the pairs show, and none was measured "
+                             f"({parts.measures.get('lfo', {}).get('reason', 'the measurement runs when the pairs call for an FIR and no delay line')})")
         parts.fir_taps = 32 if "fir" in wanted else 0
         parts.shaper_units = 8 if "shaper" in wanted else 0
         parts.delay_lines = 1 if "delay" in wanted else 0
+        parts.mod_lines = 1 if "mod" in wanted else 0
         if not parts.delay_lines:
             parts.pair_delays, parts.lookback_s = {}, None
         log(f"parts as given: {cfg.parts}")
@@ -204,7 +208,7 @@ def chunk_sizes(cfg: TrainConfig, hop: int, sample_rate: int, lookback_s: float 
 
 
 def validation_chunks(val_set: PairSet, chunk: int, n: int):
-    """``n`` fixed chunks (xs, ys, knobs) spread over the validation pairs: every pair (a held-out
+    """``n`` fixed chunks (xs, ys, knobs, starts in their pairs) spread over the validation pairs: every pair (a held-out
     knob setting) in turn, each pair's chunks at evenly spaced places; fewer chunks than pairs take
     pairs evenly spaced in the list. The same chunks on every call and in every process."""
     ok = np.flatnonzero(val_set.lengths >= chunk)
@@ -212,18 +216,19 @@ def validation_chunks(val_set: PairSet, chunk: int, n: int):
         raise ValueError(f"no validation pair is as long as a chunk of {chunk} samples (longest {val_set.lengths.max()})")
     L = len(ok)
     xs, ys, ks = np.empty((n, chunk), np.float32), np.empty((n, chunk), np.float32), np.empty((n, val_set.knobs.shape[1]), np.float32)
+    starts = np.empty(n, np.int64)
     for j in range(n):
         if n >= L:
             i, r, m = ok[j % L], j // L, (n - 1 - j % L) // L + 1  # the pair, this chunk's place among the pair's m
         else:
             i, r, m = ok[int(round(j * (L - 1) / max(n - 1, 1)))], 0, 1
         s = int((val_set.lengths[i] - chunk) * (r + 0.5) / m)
-        xs[j], ys[j], ks[j] = val_set.x[i][s:s + chunk], val_set.y[i][s:s + chunk], val_set.knobs[i]
-    return xs, ys, ks
+        xs[j], ys[j], ks[j], starts[j] = val_set.x[i][s:s + chunk], val_set.y[i][s:s + chunk], val_set.knobs[i], s
+    return xs, ys, ks, starts
 
 
 @torch.no_grad()
-def evaluate_chunks(model, xs, ys, ks, look, batch=16, device="cpu") -> float:
+def evaluate_chunks(model, xs, ys, ks, look, batch=16, device="cpu", starts=None) -> float:
     """Validation ESR: the error energy over the target energy of all the chunks together, as the
     test measures it per setting (a mean of per-chunk ESRs is ruled by the few near-silent targets)."""
     was_training = model.training
@@ -231,7 +236,8 @@ def evaluate_chunks(model, xs, ys, ks, look, batch=16, device="cpu") -> float:
     err = sig = 0.0
     for i in range(0, len(xs), batch):
         x, y, k = (torch.from_numpy(a[i:i + batch]).to(device) for a in (xs, ys, ks))
-        err += float(((model(x, k)[:, look:].float() - y[:, look:]) ** 2).sum())
+        pred = model(x, k) if starts is None else model(x, k, torch.from_numpy(starts[i:i + batch]))
+        err += float(((pred[:, look:].float() - y[:, look:]) ** 2).sum())
         sig += float((y[:, look:] ** 2).sum())
     model.train(was_training)
     return err / max(sig, 1e-12)
@@ -285,7 +291,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if parts is not None and mcfg.delay_lines and parts.pair_delays:
         # the delay map is fitted to each pair's measured delay, not learned (see training/parts.py)
         fit_delays(model, parts, train_set.knobs, log)
-    if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines:
+    if parts is not None and mcfg.mod_lines:
+        fit = model.fit_mod(parts.lfo)  # the swept delay is measured (training/lfo.py), not learned
+        log(f"swept delay set from the measurement: start phase {fit['phase0']:.3f} turns, rate map "
+            f"within {100 * fit['rate_error_max']:.2g}% of the measured one")
+    if cfg.arch == "pi" and cfg.level_init and not mcfg.delay_lines and not mcfg.mod_lines:
         # a delay model's gain path is the dry part alone: the pairs' level (dry + repeats) is not its level
         # the drive first: with a shaper, the level is the target's over the shaper's output
         shaped = start_drive(model, train_set, log) if mcfg.shaper_units else None
@@ -297,7 +307,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model.to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema > 0 else None
     kept = ema if ema is not None else model  # the weights validated and saved
-    vx, vy, vk = validation_chunks(val_set, look + tail, cfg.val_chunks)
+    vx, vy, vk, vs = validation_chunks(val_set, look + tail, cfg.val_chunks)
+    lfo = cfg.arch == "pi" and bool(mcfg.mod_lines)  # the model needs each chunk's place in its pair
     dry_val = float(((vx[:, look:] - vy[:, look:]) ** 2).sum() / max(float((vy[:, look:] ** 2).sum()), 1e-12))  # as validated
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     stft_loss = None
@@ -359,10 +370,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             lr = learning_rate(cfg, step, elapsed)
             for g in opt.param_groups:
                 g["lr"] = lr
-            xs, ys, ks = train_set.batch(rng, cfg.batch, look + tail)
+            xs, ys, ks, starts = train_set.batch(rng, cfg.batch, look + tail, with_start=True)
             x, y, k = (torch.from_numpy(a).to(device) for a in (xs, ys, ks))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                pred = net(x, k)[:, look:]
+                pred = (net(x, k, torch.from_numpy(starts)) if lfo else net(x, k))[:, look:]
             pred = pred.float()  # the losses in float32 (cuFFT has no bf16 STFT)
             loss = esr(pred, y[:, look:], 10 ** (cfg.esr_floor_db / 20)).mean()
             if stft_loss is not None:
@@ -384,7 +395,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             if due or final:
                 progress["last_val_s"] = elapsed
                 if rank == 0:
-                    val = evaluate_chunks(kept, vx, vy, vk, look, device=device)
+                    val = evaluate_chunks(kept, vx, vy, vk, look, device=device, starts=vs if lfo else None)
                     h = progress["history"]
                     h["step"].append(step)
                     h["time_s"].append(round(elapsed, 1))

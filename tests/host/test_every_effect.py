@@ -41,7 +41,8 @@ def test_every_effect_trains_converts_and_plays_on_the_device(task, tmp_path):
     pedal = out.with_suffix(".pedal")
     m = load_bundle(pedal).manifest
     assert m.training["parts"] == model.cfg.parts
-    assert {p["name"] for p in m.state_layout} >= ({"delay_lines"} if "delay" in parts else set())
+    assert {p["name"] for p in m.state_layout} >= (({"delay_lines"} if "delay" in parts else set())
+                                                   | ({"mod_phase", "mod_x"} if "mod" in parts else set()))
 
     st = run_device("selftest", "--bundle", str(pedal))
     verdicts = [ln for ln in st.stdout.splitlines() if ln.startswith(("PASS", "FAIL"))]

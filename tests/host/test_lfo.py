@@ -64,6 +64,7 @@ def test_chorus_rate_phase_and_delay_are_measured(chorus_pairs):
     fit = lfo.measure(pairs, knobs, SR, refinements=1)
     assert fit.modulated, fit.reason
     m = fit.measures
+    print(m)
     # the rate map reproduces the true rates (the knob's log taper: the log rate is linear in it)
     rel = np.abs(fit.rate(knobs) / settings[:, 0] - 1)
     assert rel.max() < 2e-3, rel
@@ -95,3 +96,22 @@ def test_a_fixed_delay_is_not_called_modulated():
         pairs.append((i, x, y))
     fit = lfo.measure(pairs, rng.uniform(size=(8, 2)), SR, refinements=0)
     assert not fit.modulated
+
+
+def test_a_pairs_sweep_is_refined_against_its_audio_to_a_fraction_of_a_sample():
+    """Step 5: from a start 1% off in rate and 10 samples off in sweep, the audio itself (not the
+    frame tracks) puts the delay within a fraction of a sample of pedalboard's."""
+    rng = np.random.default_rng(7)
+    x = source(rng, 0).astype(np.float64)
+    rate, depth = 2.3, 0.3
+    y = get_effect("chorus").make(rate_hz=rate, depth=depth, mix=0.5)(x[None].astype(np.float32), SR)[0]
+    coef = np.zeros(1 + 2 * lfo.HARMONICS)
+    coef[0], coef[1] = 336.0 + 6.0, depth * 480.0 - 10.0  # d = c + A sin(theta), phase 0.5 turns
+    r, c, before, after = lfo.refine_audio(x, y, SR, 0.5, rate * 1.01, coef)
+    t = np.arange(len(x)) / SR
+    got = lfo.harmonic_columns(2 * np.pi * (0.5 + r * t), lfo.HARMONICS) @ c
+    err = got - chorus_delay(rate, depth, t)
+    print(f"ESR {before:.3g} -> {after:.3g}; rate {r:.5f} (true {rate}); delay rms error {np.sqrt(np.mean(err ** 2)):.3f}")
+    assert abs(r / rate - 1) < 5e-4
+    assert np.sqrt(np.mean(err ** 2)) < 0.5
+    assert after < 1e-3 < before

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.lfo import example_fit
 from training.model import ModelConfig, SignalTrainPi, StepModel, macs_per_second, tier_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,6 +20,10 @@ def randomised(cfg, seed=0):
     for line in range(cfg.delay_lines):  # delays that move with every knob, across the lines' range
         k = torch.rand(64, cfg.n_knobs, dtype=torch.float64).numpy()
         m.fit_delay_map(k, cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (0.1 + 0.8 * k.mean(1) ** (line + 1)), line)
+    if cfg.mod_lines:  # a chorus's sweep, reaching from 0 to most of the line
+        m.fit_mod(example_fit(cfg.n_knobs, cfg.sample_rate, centre=0.45 * cfg.mod_max, sweep=0.45 * cfg.mod_max))
+        with torch.no_grad():
+            m.mod_head.bias.fill_(0.7)
     return m
 
 
@@ -55,6 +60,7 @@ PART_CONFIGS = {  # every part the data can switch on, alone and together
     "shaper": dict(shaper_units=8),
     "delay": dict(delay_lines=2, delay_min=200, delay_max=3000),
     "all": dict(fir_taps=0, shaper_units=4, delay_lines=1, delay_min=129, delay_max=1000),
+    "mod": dict(mod_lines=1, mod_max=1024),
 }
 
 
@@ -238,3 +244,30 @@ def test_a_gain_alone_only_when_it_explains_what_sets_the_target_apart():
     noisy = [(i, x + 0.01 * rng.standard_normal(n), x) for i, x in enumerate(clean)]  # ~-27 dB of noise
     denoise = choose_parts(noisy, sr)
     assert denoise.measures["gain_residual"] < 0.01 and denoise.fir_taps == 32, denoise.measures
+
+
+def test_a_chunk_from_the_middle_of_a_pair_hears_the_lfo_where_the_whole_pair_does():
+    """Training cuts chunks anywhere in a pair; the swept delay's LFO must be at the phase the
+    effect's LFO has there (``start``), or every chunk after the first teaches the wrong delay."""
+    cfg = ModelConfig(local_frames=8, mem_block_frames=5, mem_slots=3, mem2_block_frames=20, mem2_slots=3,
+                      n_knobs=2, mod_lines=1, mod_max=1024)
+    m = SignalTrainPi(cfg).eval()
+    m.fit_mod(example_fit(2, cfg.sample_rate, centre=400.0, sweep=300.0))
+    with torch.no_grad():  # y = x + the swept delay's output alone (no trunk-steered part)
+        m.fir_head.weight.zero_()
+        m.gain_head.weight.zero_()
+        m.mod_head.weight.zero_()
+        m.mod_head.bias.fill_(1.0)
+    n, s = 300 * cfg.hop, 117 * cfg.hop + 13
+    x = 0.3 * torch.randn(1, n, generator=torch.Generator().manual_seed(5))
+    k = torch.tensor([[0.9, 0.8]])  # 0.1 * 50^0.9 = 3.4 Hz: a full turn every 14,000 samples
+    with torch.no_grad():
+        whole = m(x, k)[0]
+        c = (n - s) // cfg.hop * cfg.hop
+        part = m(x[:, s:s + c], k, torch.tensor([s]))[0]
+        wrong = m(x[:, s:s + c], k)[0]  # as if the chunk were the pair's start
+    settle = cfg.mod_max + cfg.hop  # the chunk has no input before its start, and its first hop ramps
+    # the chunk's phase is computed in float64, the whole pair's summed hop by hop in float32: they
+    # part by about 1e-6 of a turn over these 117 hops, 2e-3 samples of the sweep (white noise)
+    assert float((part[settle:] - whole[s + settle:s + c]).abs().max()) < 2e-3
+    assert float((wrong[settle:] - whole[s + settle:s + c]).abs().max()) > 0.1
