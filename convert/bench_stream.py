@@ -38,6 +38,7 @@ CONFIGS = {
     "gain+fir+delay": dict(delay_lines=1, delay_min=720, delay_max=720 + 28672),
     "gain+shaper+delay": dict(fir_taps=0, shaper_units=8, delay_lines=1, delay_min=720, delay_max=720 + 28672),
     "gain+fir+mod": dict(mod_lines=1, mod_max=1024),  # a chorus's swept delay
+    "gain+fir+mod6": dict(mod_lines=1, mod_max=2048, mod_echoes=6),  # a flanger's, with regeneration
 }
 
 
@@ -55,7 +56,8 @@ def shaken(cfg, seed=0) -> SignalTrainPi:
         k = torch.rand(64, cfg.n_knobs, dtype=torch.float64).numpy()
         m.fit_delay_map(k, cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (0.1 + 0.8 * k.mean(1)))
     if cfg.mod_lines:
-        m.fit_mod(example_fit(cfg.n_knobs, cfg.sample_rate, centre=0.45 * cfg.mod_max, sweep=0.45 * cfg.mod_max))
+        reach = 0.45 * cfg.mod_max / cfg.mod_echoes  # every fed-back pass within the line
+        m.fit_mod(example_fit(cfg.n_knobs, cfg.sample_rate, centre=reach, sweep=reach))
         with torch.no_grad():
             m.mod_head.bias.fill_(0.7)
     return m

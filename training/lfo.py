@@ -56,6 +56,7 @@ CRITERIA = {
     "reliable_pairs": 0.1,  # share of measured pairs that must be reliable (slow pairs never are) ...
     "rate_rms": 0.02,  # ... the rate map must explain their rates to 2% (rms, relative) ...
     "phase_spread": 0.35,  # ... and their start phases agree (1 - resultant length of the unit phasors)
+    "echo_share": 0.1,  # step 5: the median share of the one-read residual a fed-back second read removes: feedback
 }
 
 
@@ -339,6 +340,7 @@ class LfoFit:
     tracks: dict = field(default_factory=dict)  # pair index -> Track
     kept_frames: dict = field(default_factory=dict)  # pair index -> the frames the shape fit kept
     refined: dict = field(default_factory=dict)  # pair index -> (rate, sweep, ESR after, ESR of the input alone)
+    feedback: bool = False  # the swept delay feeds back (a second pass through it explains much)
 
     def rate(self, knobs) -> np.ndarray:
         v = eval_map(self.rate_map, np.atleast_2d(knobs))[:, 0]
@@ -550,6 +552,29 @@ def _fit_maps(out: "LfoFit", idx, knobs, tracks, fits) -> bool:
     return True
 
 
+def second_echo_share(x, y, sample_rate: int, phase0: float, rate: float, coef: np.ndarray) -> float:
+    """The share of the residual of ``g x + a x[n - D1(n)]`` that a second pass through the swept
+    delay, ``+ b x[n - D2(n)]`` with D2 = D1 + 1 + d(n - D1 - 1) (the read fed back, as a flanger's
+    regeneration does), removes (least squares for the gains)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = min(len(x), len(y))
+    x, y = x[:n], y[:n]
+    at = np.arange(n, dtype=np.float64)
+    K = (len(coef) - 1) // 2
+
+    def d(pos):
+        return harmonic_columns(2 * np.pi * (phase0 + rate * pos / sample_rate), K) @ coef
+
+    d1 = d(at)
+    d2 = d1 + 1 + d(at - d1 - 1)
+    w1, w2 = _read(x, at - d1)[0], _read(x, at - d2)[0]
+    res = []
+    for A in (np.stack([x, w1], 1), np.stack([x, w1, w2], 1)):
+        g = np.linalg.lstsq(A, y, rcond=None)[0]
+        res.append(float(np.sum((y - A @ g) ** 2)))
+    return 1.0 - res[1] / max(res[0], 1e-20)
+
+
 def _refine_maps(out: LfoFit, idx, knobs, audio, sample_rate: int):
     """Step 5, in two rounds. First the pairs holding at least ``CYCLES_FOR_RATE`` cycles at the
     maps' rate, rate and shape refined against their audio (``refine_audio``, from the maps'
@@ -609,6 +634,13 @@ def _refine_maps(out: LfoFit, idx, knobs, audio, sample_rate: int):
         return
     out.shape_map, kept = fit_shape(knobs[ok], thetas, curves, weights)
     m["shape_pairs"] = int(sum(k.any() for k in kept))
+    # regeneration (a flanger's feedback): how much of what one swept read leaves a second one,
+    # fed back through the same sweep, explains; the median over the pairs with a sweep
+    shares = [second_echo_share(*sig[i], sample_rate, out.phase0, float(out.rate(knobs[i])[0]),
+                                eval_map(out.shape_map, knobs[i:i + 1])[0])
+              for i in idx if out.refined[i][1] >= CRITERIA["min_sweep"]]
+    m["echo_share"] = float(np.median(shares)) if shares else 0.0
+    out.feedback = m["echo_share"] >= CRITERIA["echo_share"]
     m["audio_refine"] = "rate and shape maps from the refined pairs" if len(rates) >= 4 else "shape map from the refined pairs"
 
 

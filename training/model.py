@@ -64,6 +64,8 @@ class ModelConfig:
     mod_lines: int = 0  # an LFO-swept delay of the input (chorus, flanger, vibrato); 0 = none, 1 = one
     mod_harmonics: int = 5  # the sweep's shape: a sum of this many harmonics of the LFO's phase
     mod_max: int = 2048  # longest swept delay, samples (the state holds this much of the input)
+    mod_echoes: int = 1  # passes through the swept delay: 1 = none fed back; more = a flanger's regeneration,
+    #                      its repeats unrolled (each read where the fed-back one lands), weighted f^(m-1)
     n_bins: int = 64  # analysis filterbank channels (Hann-windowed DFT bins, log-spaced)
     learn_analysis: bool = True  # learn the filterbank from its DFT init (it learns far faster; a
     #                              fixed one keeps magnitudes phase-invariant: less hop-rate ripple)
@@ -90,8 +92,9 @@ class ModelConfig:
             raise ValueError(f"attention {self.attention!r} must be sparse, dense or none")
         if self.delay_lines and not (self.hop < self.delay_min < self.delay_max):
             raise ValueError(f"delay lines need hop {self.hop} < delay_min {self.delay_min} < delay_max {self.delay_max}")
-        if self.mod_lines not in (0, 1) or (self.mod_lines and self.mod_max < 2):
-            raise ValueError(f"mod_lines {self.mod_lines} must be 0 or 1 (mod_max {self.mod_max} >= 2)")
+        if self.mod_lines not in (0, 1) or (self.mod_lines and (self.mod_max < 2 or self.mod_echoes < 1)):
+            raise ValueError(f"mod_lines {self.mod_lines} must be 0 or 1 (mod_max {self.mod_max} >= 2, "
+                             f"mod_echoes {self.mod_echoes} >= 1)")
         if self.delay_lines and not all(float16_exact(v) == v for v in (self.delay_min, self.delay_max - self.delay_min)):
             # a float16 bundle stores these two constants in float16: rounded, every delay would be off
             raise ValueError(f"delay_min {self.delay_min} and delay_max - delay_min {self.delay_max - self.delay_min} "
@@ -439,7 +442,7 @@ class SignalTrainPi(nn.Module):
             # would be off by 0.1 sample, 33 dB)
             self.register_buffer("mod_two_pi", torch.from_numpy(np.concatenate(float16_parts(np.array([2 * math.pi])))).float(),
                                  persistent=False)
-            self.mod_head = nn.Linear(d + cfg.n_knobs, 1)  # wet level
+            self.mod_head = nn.Linear(d + cfg.n_knobs, 1 + (cfg.mod_echoes > 1))  # wet level (, feedback)
         for lin in (self.gain_head, self.fir_head, getattr(self, "shaper_head", None), self.delay_head, self.mod_head,
                     self.film[-1]):
             if lin is None:
@@ -486,9 +489,10 @@ class SignalTrainPi(nn.Module):
             n = cfg.delay_lines
             pos = torch.clamp(self.delay_from_knobs(knobs), 0.0, 1.0)
             out["delay"] = torch.cat([pos, 0.98 * torch.tanh(z[..., :n]), z[..., n:]], dim=-1)
-        if self.mod_head is not None:  # the sweep's harmonics' coefficients (samples), wet level
-            out["mod"] = torch.cat([self.knob_map(knobs, self.mod_shape_hi, self.mod_shape_lo),
-                                    self.mod_head(hk)], dim=-1)
+        if self.mod_head is not None:  # the sweep's harmonics' coefficients (samples), wet level (, feedback)
+            z = self.mod_head(hk)
+            fb = [0.98 * torch.tanh(z[..., 1:])] if cfg.mod_echoes > 1 else []
+            out["mod"] = torch.cat([self.knob_map(knobs, self.mod_shape_hi, self.mod_shape_lo), z[..., :1]] + fb, dim=-1)
         return out
 
     def knob_map(self, knobs, hi, lo):
@@ -508,18 +512,38 @@ class SignalTrainPi(nn.Module):
         return mod_rate(self.knob_map(knobs, self.mod_rate_hi, self.mod_rate_lo))
 
     def mod_delays(self, phase, inc, coef):
-        """The swept delay over one hop: phase, inc (..., 1) (turns at the hop's first sample, per
-        hop), coef (..., H, C) per-sample coefficients -> (..., H) samples, within 0..mod_max - 1."""
+        """The swept delay's reads over one hop: phase, inc (..., 1) (turns at the hop's first sample,
+        per hop), coef (..., H, C) per-sample coefficients -> [(..., H)] per pass, samples within
+        0..mod_max - 1: the first read d(u), then each fed-back pass D + 1 + d(u at D + 1 samples
+        earlier), where that pass entered the line. A list, not one stacked tensor: onnx2tf got
+        the columns of an (H, passes) tensor wrong (a gather out of bounds)."""
         cfg = self.cfg
         u = phase + inc * self.mod_frac + self.mod_phase0[0] + self.mod_phase0[1]  # (..., H) turns
+        D = self._sweep(u, coef)
+        reads = [D]
+        for _ in range(cfg.mod_echoes - 1):
+            D = D + 1.0 + self._sweep(u - (D + 1.0) * (inc * (1.0 / cfg.hop)), coef)
+            reads.append(D)
+        return [torch.clamp(r, 0.0, float(cfg.mod_max - 1)) for r in reads]
+
+    def _sweep(self, u, coef):  # u (..., H) turns, coef (..., H, C) -> (..., H) the delay there
         cols = [torch.ones_like(u)]
-        for k in range(1, cfg.mod_harmonics + 1):
+        for k in range(1, self.cfg.mod_harmonics + 1):
             v = u * float(k)
             v = v - torch.floor(v)  # the harmonic's own phase, wrapped: full precision
             for w in (v, v + 0.25):  # sin, then cos as a sine a quarter turn on (one builtin op)
                 cols.append(torch.sin(w * self.mod_two_pi[0] + w * self.mod_two_pi[1]))
-        d = tree_sum(torch.stack(cols, dim=-1) * coef)[..., 0]
-        return torch.clamp(d, 0.0, float(cfg.mod_max - 1))
+        return tree_sum(torch.stack(cols, dim=-1) * coef)[..., 0]
+
+    def _mod_mix(self, reads, r):
+        """reads (..., echoes) of the input, r (..., C + 1 [+ 1]) per-sample values -> (...,): the
+        wet level times the reads, each fed-back pass weighted by the feedback once more."""
+        y, w = 0.0, r[..., self.cfg.mod_harmonics * 2 + 1]
+        for m in range(self.cfg.mod_echoes):
+            y = y + w * reads[m]
+            if m + 1 < self.cfg.mod_echoes:
+                w = w * r[..., -1]
+        return y
 
     def mod_start_phase(self, knobs, start):
         """knobs (B, K), start (B,) samples from the effect's reset -> (B, 1) the LFO's phase there
@@ -757,10 +781,12 @@ class SignalTrainPi(nn.Module):
                 ph = ph + inc[:, t]
                 ph = ph - torch.floor(ph)
             phases = torch.stack(phases, dim=1)  # (B, T, 1)
-        d = self.mod_delays(phases, inc, r[..., :-1]).reshape(B, N)
+        C = 1 + 2 * cfg.mod_harmonics
         Lm = cfg.mod_max + 1
-        rd = read_delayed(F.pad(x, (Lm, 0)), Lm + torch.arange(N, device=x.device), d.detach())
-        return r[..., -1] * rd.view(B, T, H)
+        xp, now = F.pad(x, (Lm, 0)), Lm + torch.arange(N, device=x.device)
+        reads = [read_delayed(xp, now, d.reshape(B, N).detach()).view(B, T, H)
+                 for d in self.mod_delays(phases, inc, r[..., :C])]
+        return self._mod_mix(reads, r)
 
     def _delay_offline(self, x, r):
         """x (B, N); r (B, N, 3 * lines) per-sample (position, feedback, wet) -> wet sum (B, T, H)."""
@@ -841,7 +867,8 @@ class StepModel(nn.Module):
         if cfg.delay_lines:
             parts += [("delay_prev", (3 * cfg.delay_lines,)), ("delay_lines", (cfg.delay_lines, self.line_length))]
         if cfg.mod_lines:
-            parts += [("mod_phase", (1,)), ("mod_prev", (2 + 2 * cfg.mod_harmonics,)), ("mod_x", (cfg.mod_max + 1,))]
+            parts += [("mod_phase", (1,)), ("mod_prev", (2 + 2 * cfg.mod_harmonics + (cfg.mod_echoes > 1),)),
+                      ("mod_x", (cfg.mod_max + 1,))]
         if cfg.attention == "sparse":
             for i in range(cfg.n_blocks):
                 parts += [(f"b{i}.k_local", (L - 1, d)), (f"b{i}.v_local", (L - 1, d))]
@@ -965,11 +992,12 @@ class StepModel(nn.Module):
         nxt = ph + inc
         new["mod_phase"] = nxt - torch.floor(nxt)
         r = prev + (cur - prev) * m.ramp[:, None]  # (H, C + 1) per-sample values
-        d = m.mod_delays(ph[0], inc[0], r[:, :-1])[None]  # (1, H); 2-D inside (onnx2tf and 3-D tensors)
+        C = 1 + 2 * cfg.mod_harmonics
+        ds = m.mod_delays(ph[0], inc[0], r[:, :C])  # [(H,)] per pass; 2-D inside (onnx2tf and 3-D tensors)
         buf = torch.cat([parts["mod_x"], audio], dim=1)  # (1, Lm + H): the input's past, then this hop
         new["mod_x"] = buf[:, H:]
-        rd = read_delayed(buf, Lm + torch.arange(H), d)
-        return r[:, -1][None] * rd
+        reads = [read_delayed(buf, Lm + torch.arange(H), d[None])[0] for d in ds]
+        return m._mod_mix(reads, r)[None]
 
     def _attend(self, attn: SparseAttention, a, parts, new, pre, flags):  # a (1, d) -> (1, d)
         cfg = self.m.cfg
@@ -1014,7 +1042,8 @@ def macs_per_second(cfg: ModelConfig) -> float:
         per_frame += d * 3 * cfg.delay_lines + cfg.hop * cfg.delay_lines * 12  # heads, ramps, two reads, lerp, feedback
     if cfg.mod_lines:
         C, nb = 1 + 2 * cfg.mod_harmonics, cfg.n_knobs * (2 + DELAY_KNOTS)
-        per_frame += 2 * (C + 1) * nb + d + cfg.hop * (2 * C + 3 * cfg.mod_harmonics + 8)  # maps, head, ramps, sines, sum, read
+        E = cfg.mod_echoes
+        per_frame += 2 * (C + 1) * nb + 2 * d + cfg.hop * (2 * C + E * (C + 3 * cfg.mod_harmonics + 10))  # maps, head, ramps, sines, sums, reads
     return per_frame * cfg.sample_rate / cfg.hop
 
 

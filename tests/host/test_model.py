@@ -21,7 +21,8 @@ def randomised(cfg, seed=0):
         k = torch.rand(64, cfg.n_knobs, dtype=torch.float64).numpy()
         m.fit_delay_map(k, cfg.delay_min + (cfg.delay_max - cfg.delay_min) * (0.1 + 0.8 * k.mean(1) ** (line + 1)), line)
     if cfg.mod_lines:  # a chorus's sweep, reaching from 0 to most of the line
-        m.fit_mod(example_fit(cfg.n_knobs, cfg.sample_rate, centre=0.45 * cfg.mod_max, sweep=0.45 * cfg.mod_max))
+        reach = 0.45 * cfg.mod_max / cfg.mod_echoes  # every fed-back pass within the line
+        m.fit_mod(example_fit(cfg.n_knobs, cfg.sample_rate, centre=reach, sweep=reach))
         with torch.no_grad():
             m.mod_head.bias.fill_(0.7)
     return m
@@ -61,6 +62,7 @@ PART_CONFIGS = {  # every part the data can switch on, alone and together
     "delay": dict(delay_lines=2, delay_min=200, delay_max=3000),
     "all": dict(fir_taps=0, shaper_units=4, delay_lines=1, delay_min=129, delay_max=1000),
     "mod": dict(mod_lines=1, mod_max=1024),
+    "mod_feedback": dict(mod_lines=1, mod_max=2048, mod_echoes=4),
 }
 
 
