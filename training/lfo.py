@@ -693,13 +693,14 @@ def _done(out: LfoFit, log):
     return out
 
 
-def measure_set(train_set, max_pairs: int = 64, seed: int = 0, refinements: int = 2, log=None) -> LfoFit:
+def measure_set(train_set, max_pairs: int = 64, seed: int = 0, refinements: int = 2, audio_refine: bool = True,
+                log=None) -> LfoFit:
     """measure() over up to ``max_pairs`` pairs of a PairSet (chosen at random, fixed by ``seed``)."""
     rng = np.random.default_rng(seed)
     n = len(train_set.pairs)
     chosen = sorted(rng.choice(n, min(max_pairs, n), replace=False).tolist())
     return measure([(i, train_set.x[i], train_set.y[i]) for i in chosen], train_set.knobs, train_set.sample_rate,
-                   refinements, log=log)
+                   refinements, audio_refine, log=log)
 
 
 def main(argv=None):

@@ -536,8 +536,8 @@ class SignalTrainPi(nn.Module):
         return tree_sum(torch.stack(cols, dim=-1) * coef)[..., 0]
 
     def _mod_mix(self, reads, r):
-        """reads (..., echoes) of the input, r (..., C + 1 [+ 1]) per-sample values -> (...,): the
-        wet level times the reads, each fed-back pass weighted by the feedback once more."""
+        """reads [(...,)] the input read at each pass's delay, r (..., C + 1 [+ 1]) per-sample values
+        -> (...,): the wet level times the reads, each fed-back pass weighted by the feedback once more."""
         y, w = 0.0, r[..., self.cfg.mod_harmonics * 2 + 1]
         for m in range(self.cfg.mod_echoes):
             y = y + w * reads[m]

@@ -43,6 +43,8 @@ THRESHOLDS = {
 }
 FRAME = 2048  # samples per frame of the local fits
 MOD_ECHOES = 6  # passes through a swept delay that feeds back
+LFO_PROBE_PAIRS = 64  # pairs whose tracks are read to see whether there is a swept delay at all (demo: 9 s
+#                       for a drive; 32 missed the flanger's)
 LFO_PAIRS = 128  # pairs the swept-delay measurement reads (chorus demo: 64 -> 128 halves the held-out sweep error; 2.5 min)
 LOCAL_TAPS = 32  # the local linear fit's taps (the FIR residual's reach)
 
@@ -191,8 +193,11 @@ def parts_for(train_set, max_pairs: int = 48, seed: int = 0, hop: int = 64, log=
     parts = choose_parts([(i, train_set.x[i], train_set.y[i]) for i in chosen], train_set.sample_rate, hop)
     if parts.fir_taps and not parts.delay_lines:
         # a swept delay (chorus, flanger, vibrato) shows as a linear residual the FIR cannot reach
-        # and no fixed far peak: measure its LFO (training/lfo.py; tens of seconds, more when found)
-        lfo = measure_set(train_set, max_pairs=LFO_PAIRS, seed=seed)
+        # and no fixed far peak: look for an LFO on a few pairs' tracks (training/lfo.py; seconds), and
+        # measure it on many, refined against their audio, when there is one (minutes)
+        lfo = measure_set(train_set, max_pairs=LFO_PROBE_PAIRS, seed=seed, refinements=1, audio_refine=False)
+        if lfo.modulated:
+            lfo = measure_set(train_set, max_pairs=LFO_PAIRS, seed=seed)
         parts.measures["lfo"] = {"modulated": lfo.modulated, "reason": lfo.reason,
                                  **{k: v for k, v in lfo.measures.items() if not isinstance(v, list)}}
         if lfo.modulated:
