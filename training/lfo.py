@@ -4,7 +4,7 @@
 
 A delay that an LFO sweeps cannot be learned by gradient descent any more than a fixed one can
 (training/parts.py, ``fit_delay_map``): the loss is flat except within a sample of the right
-delay, at every moment. So it is measured from the pairs, in four steps:
+delay, at every moment. So it is measured from the pairs, in five steps:
 
 1. **A delay track per pair.** Per frame (1024 samples, every 256), for every lag in range, the
    share of the target's non-dry part that ``dry gain * x + wet gain * x[n - lag]`` explains (a
@@ -28,10 +28,14 @@ delay, at every moment. So it is measured from the pairs, in four steps:
    in its harmonics: d(t) = c + sum_k a_k sin(k theta) + b_k cos(k theta), theta = 2 pi (p0 + r t)
    (harmonics up to ``HARMONICS``: a sweep clipped at a minimum delay is not a sinusoid). Each
    coefficient is fitted per pair to its track, then mapped over the knobs like the rate.
+5. **Against the audio.** The tracks are good to a few samples; a model needs a fraction of one.
+   Every pair's rate and shape refined against its own audio (``refine_audio``: coarse to fine,
+   with the fed-back passes when the pairs show regeneration, ``second_echo_share``), and the
+   maps fitted again to the refined pairs (``_refine_maps``).
 
-The output (``LfoFit``) says whether the data show a modulated delay, and holds the maps (the
-spline weights) that a model's modulation part would be set from (that part is not built yet:
-docs/effects.md, "Modulation"), with every pair's track and the maps' error against it.
+The output (``LfoFit``) says whether the data show a modulated delay (and whether it feeds back),
+and holds the maps (the spline weights) that a model's swept delay is set from
+(``SignalTrainPi.fit_mod``), with every pair's track and the maps' error against it.
 """
 from __future__ import annotations
 
