@@ -198,6 +198,8 @@ def parts_for(train_set, max_pairs: int = 48, seed: int = 0, hop: int = 64, log=
         lfo = measure_set(train_set, max_pairs=LFO_PROBE_PAIRS, seed=seed, refinements=1, audio_refine=False)
         if lfo.modulated:
             lfo = measure_set(train_set, max_pairs=LFO_PAIRS, seed=seed)
+            if not lfo.modulated:  # more pairs brought outliers the rate map's fit could not shed
+                lfo = measure_set(train_set, max_pairs=LFO_PROBE_PAIRS, seed=seed)  # (flanger demo, seed 2: 3.6% rms)
         parts.measures["lfo"] = {"modulated": lfo.modulated, "reason": lfo.reason,
                                  **{k: v for k, v in lfo.measures.items() if not isinstance(v, list)}}
         if lfo.modulated:
