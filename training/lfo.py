@@ -474,16 +474,13 @@ def refine_audio(x, y, sample_rate: int, phase0: float, rate: float, coef: np.nd
 
     def model(p, xs, ys, at):  # the residual at the samples ``at`` (a low-passed pair needs few)
         t = at / sample_rate
-        th = 2 * np.pi * (phase0 + p[0] * t)
-        H = harmonic_columns(th, K)
-        D = H @ p[1:]
-        w, slope = _read(xs, at - D)
-        cols, slopes = [xs[at], w], [slope]
-        for _ in range(passes - 1):  # D_(m+1) = D_m + 1 + d(n - D_m - 1)
-            D = D + 1 + harmonic_columns(2 * np.pi * (phase0 + p[0] * (at - D - 1) / sample_rate), K) @ p[1:]
+        Ds, H = pass_delays(at, sample_rate, phase0, p[0], p[1:], passes)
+        cols, slopes = [xs[at]], []
+        for D in Ds:
             wm, sm = _read(xs, at - D)
             cols.append(wm)
             slopes.append(sm)
+        slope = slopes[0]
         A = np.stack(cols, 1)
         g = np.linalg.lstsq(A, ys[at], rcond=None)[0]
         # d model / d delay of the first pass; pass m moves about m times as far (a slow sweep)
@@ -568,6 +565,18 @@ def _fit_maps(out: "LfoFit", idx, knobs, tracks, fits) -> bool:
     return True
 
 
+def pass_delays(at, sample_rate: int, phase0: float, rate: float, coef: np.ndarray, passes: int):
+    """The swept delay's passes at the samples ``at``: D_1 = d(n), D_(m+1) = D_m + 1 + d(n - D_m - 1)
+    (each fed-back pass read where it entered the line, as the model's mod_delays does).
+    -> ([D_1, ...], the first pass's harmonic columns)."""
+    K = (len(coef) - 1) // 2
+    H = harmonic_columns(2 * np.pi * (phase0 + rate * (at / sample_rate)), K)
+    Ds = [H @ coef]
+    for _ in range(passes - 1):
+        Ds.append(Ds[-1] + 1 + harmonic_columns(2 * np.pi * (phase0 + rate * ((at - Ds[-1] - 1) / sample_rate)), K) @ coef)
+    return Ds, H
+
+
 def second_echo_share(x, y, sample_rate: int, phase0: float, rate: float, coef: np.ndarray) -> float:
     """The share of the residual of ``g x + a x[n - D1(n)]`` that a second pass through the swept
     delay, ``+ b x[n - D2(n)]`` with D2 = D1 + 1 + d(n - D1 - 1) (the read fed back, as a flanger's
@@ -576,13 +585,7 @@ def second_echo_share(x, y, sample_rate: int, phase0: float, rate: float, coef: 
     n = min(len(x), len(y))
     x, y = x[:n], y[:n]
     at = np.arange(n, dtype=np.float64)
-    K = (len(coef) - 1) // 2
-
-    def d(pos):
-        return harmonic_columns(2 * np.pi * (phase0 + rate * pos / sample_rate), K) @ coef
-
-    d1 = d(at)
-    d2 = d1 + 1 + d(at - d1 - 1)
+    (d1, d2), _ = pass_delays(at, sample_rate, phase0, rate, coef, 2)
     w1, w2 = _read(x, at - d1)[0], _read(x, at - d2)[0]
     res = []
     for A in (np.stack([x, w1], 1), np.stack([x, w1, w2], 1)):
