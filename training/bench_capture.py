@@ -83,12 +83,13 @@ def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dic
     simulate_capture(effect, data, plan, a.seconds, log=log)
     run = a.out / "runs" / f"capture-{effect.name}-{plan_kind}-{n}"
     t0 = time.time()
-    s = train(TrainConfig(data=str(data), out=str(run), minutes=a.minutes, threads=a.threads, seed=a.seed,
-                          val_every_s=max(10.0, a.minutes * 60 / 15)), log=log)
+    s = train(TrainConfig(data=str(data), out=str(run), minutes=a.minutes, clock=a.clock, threads=a.threads,
+                          seed=a.seed, val_every_s=max(10.0, a.minutes * 60 / 15)), log=log)
     rep = evaluate(run / "best.pt", test_dir, run, log=log)["summary"]
     if not a.keep_data:
         shutil.rmtree(data)
-    row = {"effect": effect.name, "plan": plan_kind, "settings": n, "minutes": a.minutes, "seconds": a.seconds,
+    row = {"effect": effect.name, "plan": plan_kind, "settings": n, "minutes": a.minutes, "clock": a.clock,
+           "seconds": a.seconds,
            "steps": s["steps"], "wall_s": round(time.time() - t0, 1),
            **{k: rep[k] for k in ("esr_mean", "esr_median", "esr_worst", "dry_esr_mean", "test_settings")}}
     log(json.dumps(row))
@@ -204,6 +205,9 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=60.0, help="capture signal length per setting")
     ap.add_argument("--test-settings", type=int, default=16, help="held-out random settings of the test capture")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="the budget in this process's CPU minutes per thread (other work on the machine does not "
+                         "eat it; run with OMP_WAIT_POLICY=PASSIVE) or in wall-clock minutes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep-data", action="store_true", help="keep each training capture (~11 MB per setting-minute)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
