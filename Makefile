@@ -132,6 +132,16 @@ test-device: .venv-device/.stamp $(TESTKIT)/tiny.pedal
 test-pi: $(TESTKIT)/tiny.pedal
 	$(SUDO) PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal tests/pi/test-pi.sh
 
+# the box's systemd units started by a live systemd: a Debian bookworm root (this machine's
+# architecture) provisioned with provision.sh and booted with systemd-nspawn; pedal.service and
+# pedal-web.service checked running (user, SCHED_FIFO, locked memory, status socket, HTTP), the live
+# `systemd-analyze security` figures, the self-test unit, no failed units. Sound card: JACK's dummy
+# backend. Needs root, debootstrap and systemd-container (apt); the root is cached in build/sd-root.
+# Not part of `make test`.
+.PHONY: test-systemd
+test-systemd: $(TESTKIT)/tiny.pedal
+	$(SUDO) PEDAL_TEST_BUNDLE=$(TESTKIT)/tiny.pedal tests/pi/test-systemd.sh
+
 # a pedal SD card image from a stock Raspberry Pi OS Lite image (bookworm, 64-bit; .img or .img.xz),
 # written as a file: no root, no mounts, nothing downloaded (sfdisk reads the partition table, mtools
 # writes the boot partition, debugfs the root). The box finishes its set-up on the first boot: it runs

@@ -209,6 +209,7 @@ def main(argv=None):
                     help="the budget in this process's CPU minutes per thread (other work on the machine does not "
                          "eat it; run with OMP_WAIT_POLICY=PASSIVE) or in wall-clock minutes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--redo", action="store_true", help="run again the rows already in OUT/capture.json")
     ap.add_argument("--keep-data", action="store_true", help="keep each training capture (~11 MB per setting-minute)")
     ap.add_argument("--out", type=Path, default=Path("out/bench"))
     ap.add_argument("--nearest", action="store_true", help="no training: the plan's coverage and the ESR of "
@@ -225,17 +226,25 @@ def main(argv=None):
         return
     res_path = a.out / "capture.json"
     rows = json.loads(res_path.read_text())["rows"] if res_path.exists() else []
+    tests = {}
     for name in a.effects:
         effect = get_effect(name)
-        test_dir = a.out / "data" / f"{name}-heldout-{a.test_settings}x{a.seconds:g}s"
-        if not (test_dir / "capture.json").exists():
+        tests[name] = a.out / "data" / f"{name}-heldout-{a.test_settings}x{a.seconds:g}s"
+        if not (tests[name] / "capture.json").exists():
             plan = make_plan(list(effect.knobs), a.test_settings, seed=10_000 + a.seed, kind="random")
-            simulate_capture(effect, test_dir, plan, a.seconds, seed=1)
-        for n in a.settings:
+            simulate_capture(effect, tests[name], plan, a.seconds, seed=1)
+    # the smallest captures first, every effect and plan at each size: a run stopped early still
+    # compares them all at its small end; a row already there (same effect, plan, size, budget,
+    # signal) is kept unless --redo
+    for n in sorted(a.settings):
+        for name in a.effects:
             for kind in a.plans:
-                rows = [r for r in rows if (r["effect"], r["plan"], r["settings"], r["minutes"], r["seconds"])
-                        != (name, kind, n, a.minutes, a.seconds)]
-                rows.append(run_one(effect, n, kind, a, test_dir))
+                key = (name, kind, n, a.minutes, a.seconds)
+                same = [r for r in rows if (r["effect"], r["plan"], r["settings"], r["minutes"], r["seconds"]) == key]
+                if same and not a.redo:
+                    continue
+                rows = [r for r in rows if r not in same]
+                rows.append(run_one(get_effect(name), n, kind, a, tests[name]))
                 res_path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
                 (a.out / "capture.md").write_text(table(rows) + "\n")
     print(table(rows))
