@@ -90,14 +90,41 @@ def helpers_priority(audio_priority: int) -> tuple[int, str]:
     if audio_priority > HELPER_PRIORITY:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(HELPER_PRIORITY))
-            return had, f"SCHED_FIFO {HELPER_PRIORITY}"
+            return had, f"SCHED_FIFO {HELPER_PRIORITY}" + _lower_started_threads(HELPER_PRIORITY)
         except OSError:
             pass
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError:
         pass
-    return had, "normal"
+    return had, "normal" + _lower_started_threads(0)
+
+
+def _lower_started_threads(priority: int) -> str:
+    """Threads the process already has (numpy's OpenBLAS pool starts at import, before the daemon
+    runs: under systemd 3 of them on a 4-core Pi would sit at the audio thread's SCHED_FIFO 70) get
+    the helpers' scheduling too: SCHED_FIFO ``priority``, or ordinary for 0. -> a note for the log."""
+    me = threading.get_native_id()
+    lowered = 0
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return ""
+    for tid in tids:
+        if tid == me:
+            continue
+        try:
+            if os.sched_getscheduler(tid) not in (os.SCHED_FIFO, os.SCHED_RR) or \
+                    os.sched_getparam(tid).sched_priority <= priority:
+                continue
+            if priority > 0:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+            else:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            lowered += 1
+        except OSError:  # gone since, or not ours to change
+            continue
+    return f" ({lowered} thread(s) started before, lowered to it)" if lowered else ""
 
 
 def sd_notify(message: str) -> bool:

@@ -357,3 +357,39 @@ def test_the_status_command_talks_to_a_running_daemon(bundle, bundle_path, tmp_p
         assert not os.path.exists(sock)  # removed when the daemon stops
     r = run_cli("status", "--socket", sock)
     assert r.returncode == 1 and "no daemon answers" in r.stderr
+
+
+HELPERS_SCRIPT = """
+import os, threading, time
+import numpy  # noqa: F401  (its OpenBLAS pool starts here, under the process's SCHED_FIFO 70)
+stop = threading.Event()
+early = threading.Thread(target=stop.wait)  # a thread some library started before the daemon ran
+early.start()
+from device.daemon import helpers_priority
+had, sched = helpers_priority(70)
+late = threading.Thread(target=stop.wait)  # a helper the daemon starts afterwards
+late.start()
+me = threading.get_native_id()
+rows = []
+for tid in map(int, os.listdir("/proc/self/task")):
+    rows.append((tid == me, os.sched_getscheduler(tid) == os.SCHED_FIFO, os.sched_getparam(tid).sched_priority))
+stop.set()
+print(had, sched, "|", rows)
+"""
+
+
+def test_threads_started_before_the_daemon_do_not_keep_the_audio_threads_priority():
+    """systemd starts the whole process at SCHED_FIFO 70 (pedal.service); threads started at import
+    (numpy's OpenBLAS pool: in a booted container, one sat at FIFO 70 beside the audio thread) and
+    the helpers started after helpers_priority all end at the helpers' FIFO 1."""
+    try:
+        subprocess.run(["chrt", "-f", "70", "true"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("SCHED_FIFO 70 cannot be had here (chrt -f 70 refused)")
+    out = subprocess.run(["chrt", "-f", "70", sys.executable, "-c", HELPERS_SCRIPT], cwd=REPO, check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    had, rows = out.split("|")
+    assert had.split()[0] == "70"
+    rows = eval(rows)  # noqa: S307  (our own subprocess's repr of a list of tuples)
+    assert len(rows) >= 3
+    assert all(fifo and prio == 1 for main, fifo, prio in rows), rows
