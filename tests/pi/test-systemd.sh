@@ -49,12 +49,21 @@ FAILS=0
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'test-systemd: error: %s\n' "$*" >&2; exit 1; }
 lap() { TIMES+=("$(printf '%-34s %5d s' "$1" $(( $(date +%s) - $2 )))"); }
-check() {  # PASS|FAIL text
+check() {  # PASS|FAIL|LIMIT text (LIMIT: this machine cannot grant what is checked; not a failure)
     local n=$(( ${#RESULTS[@]} + 1 ))
     RESULTS+=("$(printf '%2d. %s  %s' "$n" "$1" "$2")")
     printf '    %2d. %s  %s\n' "$n" "$1" "$2"
-    [[ $1 == PASS ]] || FAILS=$(( FAILS + 1 ))
+    [[ $1 == FAIL ]] && FAILS=$(( FAILS + 1 ))
+    [[ $1 == LIMIT ]] && LIMITS=$(( LIMITS + 1 ))
+    return 0
 }
+LIMITS=0
+# What this machine's root may grant at all: without CAP_SYS_RESOURCE (a VM or container host) no
+# process, systemd included, can raise its hard RLIMIT_RTPRIO or RLIMIT_MEMLOCK to the units'
+# LimitRTPRIO=95 / LimitMEMLOCK=infinity, so the daemon's real-time requests fail for the machine,
+# not for the units. Checks 4, 5 and the journal's matching lines then say LIMIT.
+HOST_RTPRIO=yes; prlimit --rtprio=95:95 true 2>/dev/null || HOST_RTPRIO=no
+HOST_MEMLOCK=yes; prlimit --memlock=unlimited:unlimited true 2>/dev/null || HOST_MEMLOCK=no
 
 [[ $EUID -eq 0 ]] || die "run as root (debootstrap, systemd-nspawn): sudo make test-systemd"
 [[ -f $REPO/$BUNDLE ]] || die "$BUNDLE is missing: make $BUNDLE (the host environment converts it)"
@@ -347,6 +356,8 @@ if [[ -n $pid && $pid != 0 ]]; then
     # its log says whether it got it; threads at FIFO $want that it did not set are inherited from systemd
     if [[ -n $audio_line && -z $rt_warn && $rt_threads -ge 1 ]]; then
         check PASS "audio thread SCHED_FIFO $want (pedal.toml realtime.priority; unit CPUSchedulingPriority=$unit_prio): '${audio_line##*INFO }'; chrt -p main: $main_sched; threads (class/rtprio): $threads; RLIMIT_RTPRIO $rtlim"
+    elif [[ $HOST_RTPRIO == no && -n $rt_warn && $rt_threads == 0 ]]; then
+        check LIMIT "audio thread not at SCHED_FIFO $want: this machine grants no RLIMIT_RTPRIO (prlimit --rtprio=95 refused to root here); daemon: '$rt_warn'; no thread left at FIFO $want; chrt -p main: $main_sched; threads (class/rtprio): $threads"
     else
         check FAIL "audio thread not at SCHED_FIFO $want: daemon: '${rt_warn:-no audio-thread line}'; RLIMIT_RTPRIO soft/hard $rtlim (unit LimitRTPRIO=$(show pedal.service LimitRTPRIO)); chrt -p main: $main_sched; threads (class/rtprio): $threads"
     fi
@@ -359,6 +370,8 @@ if [[ -n $pid && $pid != 0 ]]; then
     if [[ $lockwant == true ]]; then
         [[ -z $lock_warn && ${vmlck%% *} -gt 0 && ${vmlck%% *} -ge $(( ${vmrss%% *} / 2 )) ]] \
             && check PASS "memory locked: VmLck $vmlck of VmRSS $vmrss (lock_memory = true; RLIMIT_MEMLOCK $lim)" \
+            || { [[ $HOST_MEMLOCK == no && -n $lock_warn ]] \
+                 && check LIMIT "memory not locked: this machine grants no unlimited RLIMIT_MEMLOCK (prlimit refused to root here); daemon: '$lock_warn'; RLIMIT_MEMLOCK $lim"; } \
             || check FAIL "memory not locked: daemon: '${lock_warn:-no warning}'; VmLck $vmlck of VmRSS $vmrss; RLIMIT_MEMLOCK soft/hard $lim bytes (unit LimitMEMLOCK=$(show pedal.service LimitMEMLOCK))"
     else
         check PASS "memory locking not asked for (lock_memory = $lockwant): VmLck $vmlck"
@@ -454,8 +467,18 @@ refusals='Operation not permitted|Permission denied|Read-only file system|EPERM|
 in_ct journalctl -b --no-pager -o short-monotonic -u pedal.service -u pedal-web.service -u pedal-selftest.service \
     > "$LOG/journal-pedal.txt" 2>&1 || true
 grep -Ei "$refusals" "$LOG/journal-pedal.txt" > "$LOG/refusals.txt" || true
-[[ ! -s $LOG/refusals.txt ]] && check PASS "journal: no refusal by the sandbox (pattern: $refusals)" \
-                            || check FAIL "journal: $(wc -l < "$LOG/refusals.txt") line(s) of refusals, first: $(head -1 "$LOG/refusals.txt" | cut -c1-220) ($LOG/refusals.txt)"
+# the machine's limits (above) explain the daemon's two real-time warnings and libjack's (the test's
+# JACK client threads ask for RR/55): those lines are set apart, every other one stays a failure
+machine='not real-time: (real-time priority|locked memory)|Cannot use real-time scheduling'
+[[ $HOST_RTPRIO == no || $HOST_MEMLOCK == no ]] || machine='^$'
+grep -Ev "$machine" "$LOG/refusals.txt" > "$LOG/refusals-sandbox.txt" || true
+if [[ ! -s $LOG/refusals.txt ]]; then
+    check PASS "journal: no refusal by the sandbox (pattern: $refusals)"
+elif [[ ! -s $LOG/refusals-sandbox.txt ]]; then
+    check LIMIT "journal: $(wc -l < "$LOG/refusals.txt") line(s), all this machine's real-time limits (checks 4-5), none by the sandbox ($LOG/refusals.txt)"
+else
+    check FAIL "journal: $(wc -l < "$LOG/refusals-sandbox.txt") line(s) of refusals, first: $(head -1 "$LOG/refusals-sandbox.txt" | cut -c1-220) ($LOG/refusals.txt)"
+fi
 lap "checks" "$t"
 
 # --- 5. power off, nothing left mounted --------------------------------------------------------------
@@ -483,4 +506,5 @@ printf '    %s\n' "${RESULTS[@]}"
 say "test-systemd: times (base root $([[ $BASE_BUILT == 1 ]] && echo built || echo cached))"
 printf '    %s\n' "${TIMES[@]}"
 echo "    logs: $LOG; root kept in $WORK (the cached base in $BASE)"
-if [[ $FAILS == 0 ]]; then echo "test-systemd: PASS"; else echo "test-systemd: FAIL ($FAILS check(s))"; exit 1; fi
+limits=""; [[ $LIMITS == 0 ]] || limits=" ($LIMITS check(s) LIMIT: not grantable on this machine, see above)"
+if [[ $FAILS == 0 ]]; then echo "test-systemd: PASS$limits"; else echo "test-systemd: FAIL ($FAILS check(s))"; exit 1; fi
