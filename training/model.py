@@ -535,7 +535,7 @@ class SignalTrainPi(nn.Module):
         v = u.unsqueeze(-1) * self.mod_multiple
         v = v - torch.floor(v) + self.mod_quarter  # each harmonic's own phase, wrapped (full precision); cos as sin
         s = torch.sin(v * self.mod_two_pi[0] + v * self.mod_two_pi[1])  # one builtin op for every column
-        return coef[..., 0] + tree_sum(s * coef[..., 1:])[..., 0]
+        return (coef[..., :1] + tree_sum(s * coef[..., 1:]))[..., 0]  # (one gather: onnx2tf broke on adding two)
 
     def _mod_mix(self, reads, r):
         """reads [(...,)] the input read at each pass's delay, r (..., C + 1 [+ 1]) per-sample values
