@@ -442,11 +442,6 @@ class SignalTrainPi(nn.Module):
             # would be off by 0.1 sample, 33 dB)
             self.register_buffer("mod_two_pi", torch.from_numpy(np.concatenate(float16_parts(np.array([2 * math.pi])))).float(),
                                  persistent=False)
-            # the sweep's columns sin(2 pi k u), cos(2 pi k u) = sin(2 pi (k u + 1/4)), k = 1..harmonics
-            ks = np.repeat(np.arange(1, cfg.mod_harmonics + 1), 2)
-            self.register_buffer("mod_multiple", torch.tensor(ks, dtype=torch.float32), persistent=False)
-            self.register_buffer("mod_quarter", torch.tensor(np.tile([0.0, 0.25], cfg.mod_harmonics),
-                                                             dtype=torch.float32), persistent=False)
             self.mod_head = nn.Linear(d + cfg.n_knobs, 1 + (cfg.mod_echoes > 1))  # wet level (, feedback)
         for lin in (self.gain_head, self.fir_head, getattr(self, "shaper_head", None), self.delay_head, self.mod_head,
                     self.film[-1]):
@@ -532,10 +527,15 @@ class SignalTrainPi(nn.Module):
         return [torch.clamp(r, 0.0, float(cfg.mod_max - 1)) for r in reads]
 
     def _sweep(self, u, coef):  # u (..., H) turns, coef (..., H, C) -> (..., H) the delay there
-        v = u.unsqueeze(-1) * self.mod_multiple
-        v = v - torch.floor(v) + self.mod_quarter  # each harmonic's own phase, wrapped (full precision); cos as sin
-        s = torch.sin(v * self.mod_two_pi[0] + v * self.mod_two_pi[1])  # one builtin op for every column
-        return (coef[..., :1] + tree_sum(s * coef[..., 1:]))[..., 0]  # (one gather: onnx2tf broke on adding two)
+        # one sin per column, not one over a (..., H, 2 x harmonics) tensor: onnx2tf converted that
+        # broadcast wrongly (float32 SNR 1.7 dB against PyTorch, convert.bench_stream, 2026-12-01)
+        cols = [torch.ones_like(u)]
+        for k in range(1, self.cfg.mod_harmonics + 1):
+            v = u * float(k)
+            v = v - torch.floor(v)  # the harmonic's own phase, wrapped: full precision
+            for w in (v, v + 0.25):  # sin, then cos as a sine a quarter turn on (one builtin op)
+                cols.append(torch.sin(w * self.mod_two_pi[0] + w * self.mod_two_pi[1]))
+        return tree_sum(torch.stack(cols, dim=-1) * coef)[..., 0]
 
     def _mod_mix(self, reads, r):
         """reads [(...,)] the input read at each pass's delay, r (..., C + 1 [+ 1]) per-sample values
