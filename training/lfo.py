@@ -81,8 +81,9 @@ def spline_basis(u: np.ndarray) -> np.ndarray:
 def fit_map(knobs: np.ndarray, values: np.ndarray, weights=None, ridge: float = 1e-9,
             outlier: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Least squares: values (N, C) ~ spline_basis(knobs) @ W + b. -> ((n_basis + 1, C) weights with the
-    constant last, kept (N,) bool). ``outlier``: rows missed by more than max(outlier, 5 x the median
-    miss) (largest column) are left out and the fit repeated."""
+    constant last, kept (N,) bool). ``outlier``: starting from the rows a least-trimmed-squares fit
+    keeps (``_trimmed_rows``), rows missed by more than max(outlier, 5 x the median miss) (largest
+    column) are left out and the fit repeated."""
     a = spline_basis(knobs)
     used = basis_used(a.shape[1] // (2 + KNOTS), len(a))
     a1 = np.hstack([a[:, used], np.ones((len(a), 1))])
