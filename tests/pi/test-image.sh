@@ -28,6 +28,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=tests/pi/lib.sh
+source "$REPO/tests/pi/lib.sh"  # safe_rm, copy_checkout
 T="$REPO/build/image-test"
 PI_ROOT="$REPO/build/pi-root"
 FB_ROOT="$REPO/build/pi-image-root"    # the first-boot check's unpacked root (removed with safe_rm only)
@@ -361,15 +363,6 @@ else
     declare -a UNDO=()
     cleanup() { local i; for (( i=${#UNDO[@]}-1; i>=0; i-- )); do eval "${UNDO[i]}" || echo "test-image: could not undo: ${UNDO[i]}" >&2; done; }
     trap cleanup EXIT
-    safe_rm() {
-        local p m
-        for p in "$@"; do
-            [[ -e $p ]] || continue
-            p="$(realpath "$p")"
-            findmnt -rn -o TARGET | awk -v p="$p" 'index($0, p "/") == 1' | sort -r | while read -r m; do umount -l "$m"; done
-            rm -rf --one-file-system "$p"
-        done
-    }
     if [[ $(uname -m) != aarch64 ]]; then
         if ! mountpoint -q /proc/sys/fs/binfmt_misc; then
             mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; UNDO+=("umount /proc/sys/fs/binfmt_misc")

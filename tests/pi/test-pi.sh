@@ -21,6 +21,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=tests/pi/lib.sh
+source "$REPO/tests/pi/lib.sh"  # safe_rm, copy_checkout
 BUILD="${PI_BUILD:-$REPO/build}"
 BASE="$BUILD/pi-root"        # bookworm arm64 as debootstrap leaves it (+ a Pi-like login user and /boot/firmware)
 WORK="$BUILD/pi-work"        # this run's copy: provisioned and tested, kept for a look afterwards
@@ -108,18 +110,6 @@ mount_root() {  # root
     ln -sfn pts/ptmx "$root/dev/ptmx"
 }
 
-# rm -rf that cannot leave the root's own file system: whatever is still mounted inside (an
-# interrupted run's) is unmounted first, and --one-file-system stops at any mount point left.
-safe_rm() {  # path...
-    local p m
-    for p in "$@"; do
-        [[ -e $p ]] || continue
-        p="$(realpath "$p")"
-        findmnt -rn -o TARGET | awk -v p="$p" 'index($0, p "/") == 1' | sort -r | while read -r m; do umount -l "$m"; done
-        rm -rf --one-file-system "$p"
-    done
-}
-
 # --- 1. the base root (cached) -------------------------------------------------------------------
 t=$(date +%s)
 if [[ ${PI_REBUILD:-0} == 1 || "$(cat "$BASE/.pi-root-version" 2>/dev/null)" != "$BASE_VERSION" ]]; then
@@ -163,8 +153,7 @@ say "copying the root to $WORK, with this checkout in /src"
 safe_rm "$WORK"
 cp -a "$BASE" "$WORK"
 mkdir -p "$WORK/src" "$CACHE/apt" "$CACHE/pip"
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
-    [[ -f $f ]] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+copy_checkout "$REPO" "$WORK/src"
 mkdir -p "$WORK/src/$(dirname "$BUNDLE")"
 cp "$REPO/$BUNDLE" "$WORK/src/$BUNDLE"
 cp /etc/resolv.conf "$WORK/etc/resolv.conf"

@@ -33,6 +33,8 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=tests/pi/lib.sh
+source "$REPO/tests/pi/lib.sh"  # safe_rm, copy_checkout
 BUILD="${SD_BUILD:-$REPO/build}"
 BASE="$BUILD/sd-root"        # bookworm as debootstrap leaves it, + the packages below
 WORK="$BUILD/sd-work"        # this run's copy: provisioned and booted
@@ -84,18 +86,6 @@ if [[ -z ${SD_MIRROR:-} ]]; then
     SD_MIRROR="${SD_MIRROR:-http://deb.debian.org/debian}"
 fi
 
-# rm -rf that cannot leave the root's own file system (tests/pi/test-pi.sh): whatever is still
-# mounted inside (an interrupted run's) is unmounted first, and --one-file-system stops at any
-# mount point left.
-safe_rm() {  # path...
-    local p m
-    for p in "$@"; do
-        [[ -e $p ]] || continue
-        p="$(realpath "$p")"
-        findmnt -rn -o TARGET | awk -v p="$p" 'index($0, p "/") == 1' | sort -r | while read -r m; do umount -l "$m"; done
-        rm -rf --one-file-system "$p"
-    done
-}
 
 # systemd-nspawn without a systemd on this machine: no machined to register with (so no
 # `machinectl`, no `systemd-run -M`); the container is reached with nsenter instead.
@@ -175,8 +165,7 @@ say "copying the root to $WORK, with this checkout in /src"
 safe_rm "$WORK"
 cp -a "$BASE" "$WORK"
 mkdir -p "$WORK/src"
-(cd "$REPO" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
-    [[ -f $f ]] && printf '%s\0' "$f"; done | tar --null -T - -cf -) | tar -xf - -C "$WORK/src"
+copy_checkout "$REPO" "$WORK/src"
 # the shipped pedal.toml plays /var/lib/pedal/bundles/comp4.pedal (and the self-test unit tests it):
 # the test bundle (a comp4 model) goes in under that name
 mkdir -p "$WORK/src/build/test-bundle"
