@@ -85,6 +85,8 @@ def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dic
     t0 = time.time()
     s = train(TrainConfig(data=str(data), out=str(run), minutes=a.minutes, clock=a.clock, threads=a.threads,
                           seed=a.seed, val_every_s=max(10.0, a.minutes * 60 / 15)), log=log)
+    if s["interrupted"]:  # a benchmark stopped by a signal records no row for the training it cut short
+        raise SystemExit(f"{run}: training interrupted ({s['interrupted']}) after {s['steps']} steps: no row recorded")
     rep = evaluate(run / "best.pt", test_dir, run, log=log)["summary"]
     if not a.keep_data:
         shutil.rmtree(data)

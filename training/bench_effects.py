@@ -119,6 +119,8 @@ def run_one(name: str, arch: str, seed: int, minutes: float, threads: int, data_
     t0 = time.time()
     s = train(TrainConfig(data=str(data), out=str(run), minutes=minutes, clock=clock, arch=arch, seed=seed,
                           threads=threads, val_every_s=max(10.0, minutes * 60 / 15)), log=log)
+    if s["interrupted"]:  # a benchmark stopped by a signal records no row for the training it cut short
+        raise SystemExit(f"{run}: training interrupted ({s['interrupted']}) after {s['steps']} steps: no row recorded")
     rep = evaluate(run / "best.pt", data, run, log=log)["summary"]
     row = {"effect": name, "arch": arch, "seed": seed, "minutes": minutes, "clock": clock, "data": str(data), "steps": s["steps"],
            "best_val_esr": s["best_val_esr"], "wall_s": round(time.time() - t0, 1), **rep, **extras(name, run, data)}
