@@ -55,7 +55,8 @@ def rig(tmp_path_factory, bundle_path):
     bundles.mkdir()
     playing = bundles / "comp4.pedal"
     shutil.copyfile(bundle_path, playing)
-    specs = load_bundle(bundle_path).manifest.knobs
+    manifest = load_bundle(bundle_path).manifest
+    specs = manifest.knobs
     knob_file = work / "knobs.txt"
     write_knob_file(knob_file, knob_positions(specs))
     sock = short_socket_path()
@@ -86,7 +87,7 @@ def rig(tmp_path_factory, bundle_path):
                             raise AssertionError(f"web server not up: {(work / 'web.log').read_text()}")
                         time.sleep(0.1)
                 parts = {"card": card, "pedal": pedal, "url": f"http://127.0.0.1:{port}", "bundles": bundles,
-                         "playing": playing, "knob_file": knob_file, "specs": specs, "work": work, "sock": sock,
+                         "playing": playing, "knob_file": knob_file, "specs": specs, "effect": manifest.effect, "work": work, "sock": sock,
                          "config": cfg, "env": jack_env(server, asoundrc)}
                 yield parts
             finally:
@@ -130,7 +131,7 @@ def page(rig, browser):
     wait(browser, lambda d: d.current_url.endswith("/login"), what="the redirect to the login page")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "login-button").click()
-    wait(browser, lambda d: text(d, "effect") == "comp4", what="the page after logging in")
+    wait(browser, lambda d: text(d, "effect") == rig["effect"], what="the page after logging in")
     return browser
 
 
