@@ -1,7 +1,8 @@
 """Benchmark: how many captured knob settings does a model need, and does the plan matter?
 
     python -m training.bench_capture [--effects comp4 drive] [--settings 8 16 32 64]
-                                     [--plans lhs lhs0 random] [--minutes 3] [--seconds 60] [--nearest]
+                                     [--plans lhs lhs0 random] [--minutes 3] [--seconds 60] [--programs 1]
+                                     [--nearest]
 
 For each effect, captures are made the way ``python -m device capture`` makes them (the same
 signal, checks and writer, device/capture), with the catalogue effect standing in for the pedal
@@ -9,7 +10,8 @@ and the audio made offline (a chain latency of ``LATENCY`` samples and a -90 dBF
 place of the box and its cables): one capture per number of settings and plan (Latin hypercube,
 or uniform random draws), each trained for ``--minutes``; every model is then tested on one more
 capture at ``--test-settings`` random settings none of them saw (seeded apart), on its Test part
-(audio no model trained on). Results: out/bench/capture.json and a markdown table
+(audio no model trained on; the held-out capture plays one program at all its settings, so rows
+with any ``--programs`` are tested alike). Results: out/bench/capture.json and a markdown table
 (out/bench/capture.md). Ratios within one run are what to read: the machine is shared.
 
 ``--nearest`` trains nothing (seconds, not hours): it asks what the plan alone is worth. Each
@@ -43,10 +45,11 @@ NOISE_DBFS = -90.0
 
 def simulate_capture(effect, root: Path, plan: list, seconds: float = 60.0, latency: int = LATENCY,
                      noise_dbfs: float | None = NOISE_DBFS, seed: int = 0, name: str | None = None,
-                     log=print) -> Capture:
+                     programs: int = 0, log=print) -> Capture:
     """A capture folder of ``effect`` (a catalogue Effect) at the settings of ``plan``, made offline
     through device/capture's checks and writer: a reference pass (the signal looped back), then one
-    pass per setting. Every pass must pass the checks."""
+    pass per setting, each playing its program (``programs`` as ``device capture --programs``).
+    Every pass must pass the checks."""
     rng = np.random.default_rng(seed)
 
     def back(x: np.ndarray) -> np.ndarray:
@@ -59,15 +62,15 @@ def simulate_capture(effect, root: Path, plan: list, seconds: float = 60.0, late
     root.mkdir(parents=True, exist_ok=True)
     name = name or effect.name
     cap = Capture.create(root, name, f"{name}: {effect.name} captured offline", list(effect.knobs), plan,
-                         {"kind": "offline"}, seconds, 0, -10.0, Limits(), 48000)
+                         {"kind": "offline"}, seconds, 0, -10.0, Limits(), 48000, programs)
     ref = check_reference(cap.signal, back(cap.signal.reference() * cap.level), cap.level, Limits())
     if not ref.ok:
         raise RuntimeError(f"{root}: reference refused: {ref.problems}")
     cap.record_reference(ref)
-    played = cap.signal.audio * cap.level
     for i in cap.pending:
-        rec = back(effect.render(played, 48000, plan[i]))
-        check = check_pass(cap.signal, rec, cap.level, Limits(), cap.state["latency_samples"])
+        sig = cap.signal_for(i)
+        rec = back(effect.render(sig.audio * cap.level, 48000, plan[i]))
+        check = check_pass(sig, rec, cap.level, Limits(), cap.state["latency_samples"])
         if not check.ok:
             raise RuntimeError(f"{root}: pass {i + 1} at {plan[i]} refused: {check.problems}")
         cap.record_attempt(i, check, rec, keep_raw=False)
@@ -76,12 +79,13 @@ def simulate_capture(effect, root: Path, plan: list, seconds: float = 60.0, late
 
 
 def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dict:
-    data = a.out / "data" / f"{effect.name}-{plan_kind}-{n}"
+    tag = f"{effect.name}-{plan_kind}-{n}" + ("" if a.programs == 1 else f"-p{a.programs}")
+    data = a.out / "data" / tag
     if data.exists():
         shutil.rmtree(data)
     plan = make_plan(list(effect.knobs), n, **plan_kwargs(plan_kind, a.seed))
-    simulate_capture(effect, data, plan, a.seconds, log=log)
-    run = a.out / "runs" / f"capture-{effect.name}-{plan_kind}-{n}"
+    simulate_capture(effect, data, plan, a.seconds, programs=a.programs, log=log)
+    run = a.out / "runs" / f"capture-{tag}"
     t0 = time.time()
     s = train(TrainConfig(data=str(data), out=str(run), minutes=a.minutes, clock=a.clock, threads=a.threads,
                           seed=a.seed, val_every_s=max(10.0, a.minutes * 60 / 15)), log=log)
@@ -91,7 +95,7 @@ def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dic
     if not a.keep_data:
         shutil.rmtree(data)
     row = {"effect": effect.name, "plan": plan_kind, "settings": n, "minutes": a.minutes, "clock": a.clock,
-           "seconds": a.seconds,
+           "seconds": a.seconds, "programs": a.programs,
            "steps": s["steps"], "wall_s": round(time.time() - t0, 1),
            **{k: rep[k] for k in ("esr_mean", "esr_median", "esr_worst", "dry_esr_mean", "test_settings")}}
     log(json.dumps(row))
@@ -189,10 +193,12 @@ def nearest_table(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| effect | plan | settings | held-out ESR mean | median | worst | dry ESR mean | steps |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(rows, key=lambda r: (r["effect"], r["plan"], r["settings"])):
-        lines.append(f"| {r['effect']} | {r['plan']} | {r['settings']} | {r['esr_mean']:.3g} | {r['esr_median']:.3g} | "
+    lines = ["| effect | plan | settings | programs | held-out ESR mean | median | worst | dry ESR mean | steps |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(rows, key=lambda r: (r["effect"], r["plan"], r["settings"], r.get("programs", 1))):
+        p = r.get("programs", 1)
+        lines.append(f"| {r['effect']} | {r['plan']} | {r['settings']} | {'one per setting' if p == 0 else p} | "
+                     f"{r['esr_mean']:.3g} | {r['esr_median']:.3g} | "
                      f"{r['esr_worst']:.3g} | {r['dry_esr_mean']:.3g} | {r['steps']} |")
     return "\n".join(lines)
 
@@ -205,6 +211,9 @@ def main(argv=None):
                     help="; ".join(f"{k}: {v}" for k, v in PLANS.items()))
     ap.add_argument("--minutes", type=float, default=3.0, help="training budget per model")
     ap.add_argument("--seconds", type=float, default=60.0, help="capture signal length per setting")
+    ap.add_argument("--programs", type=int, default=1,
+                    help="program material of the training captures, as `device capture --programs`: 1 (the default "
+                         "here, as the rows before 2026-12-01) the same program at every setting; 0 one per setting")
     ap.add_argument("--test-settings", type=int, default=16, help="held-out random settings of the test capture")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -234,15 +243,16 @@ def main(argv=None):
         tests[name] = a.out / "data" / f"{name}-heldout-{a.test_settings}x{a.seconds:g}s"
         if not (tests[name] / "capture.json").exists():
             plan = make_plan(list(effect.knobs), a.test_settings, seed=10_000 + a.seed, kind="random")
-            simulate_capture(effect, tests[name], plan, a.seconds, seed=1)
+            simulate_capture(effect, tests[name], plan, a.seconds, seed=1, programs=1)
     # the smallest captures first, every effect and plan at each size: a run stopped early still
     # compares them all at its small end; a row already there (same effect, plan, size, budget,
     # signal) is kept unless --redo
     for n in sorted(a.settings):
         for name in a.effects:
             for kind in a.plans:
-                key = (name, kind, n, a.minutes, a.seconds)
-                same = [r for r in rows if (r["effect"], r["plan"], r["settings"], r["minutes"], r["seconds"]) == key]
+                key = (name, kind, n, a.minutes, a.seconds, a.programs)
+                same = [r for r in rows if (r["effect"], r["plan"], r["settings"], r["minutes"], r["seconds"],
+                                            r.get("programs", 1)) == key]
                 if same and not a.redo:
                     continue
                 rows = [r for r in rows if r not in same]

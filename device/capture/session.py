@@ -74,15 +74,51 @@ class Capture:
                              f"({s['samples']} samples); this box makes {self.signal.version} "
                              f"({len(self.signal.audio)}): finish it with the version that began it, or start anew")
         self.level = 10 ** (state["level_db"] / 20)
+        # 0: every setting its own program; N: N programs in turn (1: one for all, as before 2026-12)
+        self.programs = int(s.get("programs", 1))
+        self._signals = {0: self.signal}
+
+    def program_of(self, index: int) -> int:
+        """The program (signal.py) the pass at plan row ``index`` plays."""
+        return index if self.programs == 0 else index % self.programs
+
+    def signal_for(self, index: int) -> CaptureSignal:
+        """The signal the pass at plan row ``index`` plays (its program; the fixed parts are the same
+        in all). The last two made are kept: a redone pass plays its program again."""
+        k = self.program_of(index)
+        if k not in self._signals:
+            if len(self._signals) > 2:
+                del self._signals[next(j for j in self._signals if j != 0)]
+            s = self.state["signal"]
+            self._signals[k] = make_signal(s["seconds"], s["seed"], s["sample_rate"], k)
+        return self._signals[k]
+
+    def input_name(self, index: int, split: str) -> str:
+        """The dataset's input file for the pass at plan row ``index``: program 0's are input/SPLIT.wav."""
+        k = self.program_of(index)
+        return f"input/{split}.wav" if k == 0 else f"input/p{k:03d}_{split}.wav"
+
+    def write_inputs(self, index: int) -> None:
+        """The pass's program as the dataset's inputs (once per program): what the box played, at the
+        level its own input reads it (the reference's gain)."""
+        sig = self.signal_for(index)
+        played = sig.audio * self.level * 10 ** (self.state["input_gain_db"] / 20)
+        for split, (a, b) in sig.split_ranges().items():
+            path = self.root / self.input_name(index, split)
+            if not path.exists():
+                atomic_write_wav(path, played[a:b], sig.sample_rate)
 
     @classmethod
     def create(cls, root: Path, effect: str, description: str, specs: list[KnobSpec], plan: list, plan_info: dict,
-               seconds: float, seed: int, level_db: float, limits: Limits, sample_rate: int) -> "Capture":
+               seconds: float, seed: int, level_db: float, limits: Limits, sample_rate: int,
+               programs: int = 0) -> "Capture":
         root = Path(root)
+        if programs < 0:
+            raise ValueError(f"--programs {programs}: 0 (a program per setting) or more")
         sig = make_signal(seconds, seed, sample_rate)
         state = {"format": FORMAT, "effect": effect, "description": description,
                  "knobs": [k.to_dict() for k in specs], "plan": plan, "plan_info": plan_info,
-                 "signal": {k: v for k, v in sig.describe().items() if k != "regions"} | {"regions": sig.describe()["regions"]},
+                 "signal": sig.describe() | {"programs": programs},
                  "level_db": level_db, "limits": limits.to_dict(), "latency_samples": None, "box_latency": None,
                  "input_gain_db": None, "reference": None, "reference_attempts": [],
                  "passes": [None] * len(plan), "attempts": [],
@@ -125,7 +161,7 @@ class Capture:
             if done is None:
                 continue
             values = ",".join(f"{v:g}" for v in self.state["plan"][i])
-            rows += [f"input/{s}.wav,{done['targets'][s]},{values},{s}" for s in SPLITS]
+            rows += [f"{self.input_name(i, s)},{done['targets'][s]},{values},{s}" for s in SPLITS]
         atomic_write_text(self.root / "knobs.csv", "\n".join(rows) + "\n")
 
     @property
@@ -133,19 +169,16 @@ class Capture:
         return [i for i, p in enumerate(self.state["passes"]) if p is None]
 
     def record_reference(self, check: ReferenceCheck) -> None:
-        """Log a reference attempt; a good one sets the chain's latency and gain and writes the inputs:
-        what the box played, at the level its own input reads it (the gain of the reference), so a
-        guitar through the box's input meets the model at the level the pedal met it."""
+        """Log a reference attempt; a good one sets the chain's latency and gain and writes the first
+        program's inputs (write_inputs: at the level the box's own input reads them, so a guitar
+        through the box's input meets the model at the level the pedal met it)."""
         st = self.state
         st["reference_attempts"].append({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **check.to_dict()})
         if check.ok:
-            gain = 10 ** (check.gain_db / 20)
-            played = self.signal.audio * self.level * gain
-            for split, (a, b) in self.signal.split_ranges().items():
-                atomic_write_wav(self.root / "input" / f"{split}.wav", played[a:b], self.signal.sample_rate)
             st["reference"] = st["reference_attempts"][-1]
             st["latency_samples"] = check.latency_samples
             st["input_gain_db"] = round(check.gain_db, 3)
+            self.write_inputs(0)
         self.save()
 
     def record_attempt(self, index: int, check: PassCheck, recording: np.ndarray, keep_raw: bool) -> None:
@@ -153,14 +186,16 @@ class Capture:
         st = self.state
         n_try = sum(1 for a in st["attempts"] if a["pass"] == index) + 1
         entry = {"pass": index, "try": n_try, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **check.to_dict()}
-        sr = self.signal.sample_rate
+        sig = self.signal_for(index)
+        sr = sig.sample_rate
         if keep_raw:
             (self.root / "raw").mkdir(exist_ok=True)
             atomic_write_wav(self.root / "raw" / f"pass_{index + 1:03d}_try_{n_try}.wav", recording, sr)
         if check.ok:
             lat = st["latency_samples"]
             targets = {}
-            for split, (a, b) in self.signal.split_ranges().items():
+            self.write_inputs(index)
+            for split, (a, b) in sig.split_ranges().items():
                 name = f"target/pass_{index + 1:03d}_{split}.wav"
                 atomic_write_wav(self.root / name, recording[a + lat:b + lat], sr)
                 targets[split] = name
@@ -404,7 +439,8 @@ def run(a) -> int:
         info = {"kind": a.plan, "levels": a.levels, "seed": a.seed, "settings": n,
                 "knobs_moved_per_pass": round(float(np.mean(moves(plan))) if n > 1 else 0.0, 2)}
         out.mkdir(parents=True, exist_ok=True)
-        cap = Capture.create(out, effect, description, specs, plan, info, a.seconds, a.seed, a.level_db, limits, rate)
+        cap = Capture.create(out, effect, description, specs, plan, info, a.seconds, a.seed, a.level_db, limits, rate,
+                             a.programs)
         print(f"capture {out}: {effect}, {n} settings of {len(specs)} knobs ({a.plan}, "
               f"{a.levels or n} values per knob, {info['knobs_moved_per_pass']} knobs move per pass on average), "
               f"signal {SIGNAL_VERSION} {len(cap.signal.audio) / rate:.0f} s at {a.level_db:+.1f} dB", flush=True)
@@ -486,8 +522,9 @@ class Session:
             while True:
                 if not self.ask(prompt_text(cap, index, previous, tries > 0)):
                     return self.stopped()
-                rec, xruns, frames = self.play(sig.audio * cap.level, early_stop(sig, self.limits))
-                check = check_pass(sig, rec, cap.level, self.limits, st["latency_samples"], xruns, frames)
+                played = cap.signal_for(index)
+                rec, xruns, frames = self.play(played.audio * cap.level, early_stop(played, self.limits))
+                check = check_pass(played, rec, cap.level, self.limits, st["latency_samples"], xruns, frames)
                 cap.record_attempt(index, check, rec, self.keep_raw)
                 print(f"pass {index + 1}: {'good' if check.ok else 'BAD'}: {check.summary(st['latency_samples'])}",
                       flush=True)
@@ -529,6 +566,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--plan", choices=("lhs", "random"), default="lhs", help="Latin hypercube, or random draws")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--seconds", type=float, default=60.0, help="length of the capture signal per setting")
+    g.add_argument("--programs", type=int, default=0, metavar="N",
+                   help="program material: 0 (default) other notes, rhythms and levels at every setting, so a model "
+                        "hears as many sources as settings; N: N programs in turn (1: the same at every setting). "
+                        "Inputs take as much room as targets per program")
     g.add_argument("--add", type=Path, metavar="FILE", help="to an existing capture: add the settings of FILE "
                    "(python -m training.propose: where a first ensemble of models disagrees most) and carry on")
     g.add_argument("--level-db", type=float, default=-10.0, help="play the signal this much below its own level")

@@ -25,6 +25,13 @@ Layout (``layout``; a 60 s signal; only the program parts scale with ``seconds``
 The dataset's Train input is ``repeat_a`` + ``train``, Val is ``val``, Test is ``test``: each piece
 of audio belongs to one split, and every knob setting plays all three.
 
+``program``: which draw of the program parts (train, val, test) the signal holds. Program 0 is
+the signal as it always was; program k > 0 draws those three parts afresh (other notes, rhythms,
+levels and order) and keeps every fixed part sample for sample (clicks, quiet, the repeated
+section, the gaps), so the checks read every program alike. A capture gives each setting its own
+program by default (session.py, ``--programs``): a model then hears as many different sources as
+settings were captured, not one minute of program N times.
+
 Peaks stay at or below -1 dBFS; the capture's ``level_db`` turns the whole signal down to suit
 the pedal's input.
 
@@ -54,6 +61,7 @@ class CaptureSignal:
     version: str
     seconds: float
     seed: int
+    program: int = 0
 
     def region(self, name: str) -> np.ndarray:
         a, b = self.regions[name]
@@ -238,7 +246,7 @@ KINDS = {"guitar": guitar_part, "bass": bass_part, "drums": drum_part, "mix": mi
          "steps": level_steps}
 
 
-def program(rng, seconds: float, sr: int, item_s: float = 4.0) -> np.ndarray:
+def program_part(rng, seconds: float, sr: int, item_s: float = 4.0) -> np.ndarray:
     """Items of every kind in turn (shuffled once), each at its own peak level (-30..-1 dBFS), with
     short silences between some of them."""
     order = list(KINDS)
@@ -295,23 +303,33 @@ FIXED_S = {"lead_in": 0.5, "quiet": 1.5, "repeat": 3.0, "gap": 1.0, "gap_b": 0.5
 FIXED_SHORT_S = {"lead_in": 0.2, "quiet": 0.6, "repeat": 1.0, "gap": 0.4, "gap_b": 0.3, "tail": 0.3}
 
 
-def make_signal(seconds: float = 60.0, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> CaptureSignal:
+def make_signal(seconds: float = 60.0, seed: int = 0, sample_rate: int = SAMPLE_RATE, program: int = 0) -> CaptureSignal:
     """The capture signal of about ``seconds`` (at least MIN_SECONDS; under 30 s the fixed parts
-    are shortened too, for tests)."""
+    are shortened too, for tests), its program parts drawn as ``program`` (0: the first draw)."""
     if seconds < MIN_SECONDS:
         raise ValueError(f"capture signal: seconds = {seconds} is too short (at least {MIN_SECONDS})")
+    if program < 0:
+        raise ValueError(f"capture signal: program = {program} (0 or more)")
     sr = sample_rate
     fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
     rep = repeat_section(sr)[: int(fx["repeat"] * sr)]
     click_s = len(clicks(sr)) / sr
     fixed_s = fx["lead_in"] + 2 * click_s + fx["quiet"] + 2 * len(rep) / sr + fx["gap"] + fx["gap_b"] + fx["tail"]
     prog_s = max(seconds - fixed_s, 1.5)
-    rngs = [np.random.default_rng([seed, i]) for i in range(3)]
+    rngs = [np.random.default_rng([seed, i] + ([program] if program else [])) for i in range(3)]
     z = lambda key: np.zeros(int(fx[key] * sr))
+
+    def sounding(rng, seconds, item_s=4.0):  # a short part can be all rests: drawn again, on the same rng
+        for _ in range(20):
+            x = program_part(rng, seconds, sr, item_s)
+            if np.abs(x).max() > 0.01:
+                return x
+        raise RuntimeError(f"capture signal: no sounding program part in 20 draws (seed {seed}, program {program})")
+
     parts = [("lead_in", z("lead_in")), ("clicks_a", clicks(sr)), ("quiet", z("quiet")),
-             ("repeat_a", rep), ("train", program(rngs[0], 0.8 * prog_s, sr)),
-             ("val", program(rngs[1], 0.1 * prog_s, sr, item_s=2.0)),
-             ("test", program(rngs[2], 0.1 * prog_s, sr, item_s=2.0)),
+             ("repeat_a", rep), ("train", sounding(rngs[0], 0.8 * prog_s)),
+             ("val", sounding(rngs[1], 0.1 * prog_s, item_s=2.0)),
+             ("test", sounding(rngs[2], 0.1 * prog_s, item_s=2.0)),
              ("gap", z("gap")), ("repeat_b", rep), ("gap_b", z("gap_b")), ("clicks_b", clicks(sr)), ("tail", z("tail"))]
     regions, at = {}, 0
     for name, a in parts:
@@ -322,7 +340,7 @@ def make_signal(seconds: float = 60.0, seed: int = 0, sample_rate: int = SAMPLE_
     limit = 10 ** (PEAK_DBFS / 20)
     if peak > limit:
         audio *= limit / peak
-    return CaptureSignal(audio.astype(np.float32), sr, regions, SIGNAL_VERSION, float(seconds), int(seed))
+    return CaptureSignal(audio.astype(np.float32), sr, regions, SIGNAL_VERSION, float(seconds), int(seed), int(program))
 
 
 def write_signal(sig: CaptureSignal, out: Path) -> tuple[Path, Path]:

@@ -200,10 +200,13 @@ def test_capture_a_pedal_through_the_box(jack_server, tmp_path):
     print(f"clicks at each setting vs the reference: {own} samples")
     assert all(0 <= d <= 2 for d in own)
     # the pairs are the pedal's own output, aligned sample for sample
-    sig = make_signal(SECONDS)
-    played = sig.audio * 10 ** (state["level_db"] / 20)
     rows = (out / "knobs.csv").read_text().splitlines()
     assert rows[0] == "input,target,drive_db,tone,level,split" and len(rows) == 1 + 3 * 3
+    # each setting played its own program (the default): its own inputs, the fixed parts alike
+    inputs = {r.split(",")[-1]: [] for r in rows[1:]}
+    for r in rows[1:]:
+        inputs[r.split(",")[-1]].append(r.split(",")[0])
+    assert inputs["Train"] == ["input/Train.wav", "input/p001_Train.wav", "input/p002_Train.wav"], inputs
     # A JACK cycle missed or late (the fake pedal's, or the JACK thread of the box's ALSA plugin,
     # which ALSA never reports as an xrun) leaves one period of stale audio in the pass: a burst
     # of at most a period plus the pedal's filter, with the samples around it exact. A capture
@@ -211,13 +214,15 @@ def test_capture_a_pedal_through_the_box(jack_server, tmp_path):
     # must equal the pedal's output outside at most two such bursts per glitch the rig reported.
     excused = dict(missed)  # (a pass's last result is its good one)
     print(f"JACK glitches (cycles missed + xruns) while each result played: {missed}")
-    first, last = sig.split_ranges()["Train"][0], sig.split_ranges()["Test"][1]
     worst, bursts_seen = -np.inf, 0
     for i, knobs in enumerate(state["plan"]):
+        sig = make_signal(SECONDS, program=i)
+        played = sig.audio * 10 ** (state["level_db"] / 20)
+        first, last = sig.split_ranges()["Train"][0], sig.split_ranges()["Test"][1]
         ref = render_offline(played, knobs)[first:last]
         ys = []
         for split, (a, b) in sig.split_ranges().items():
-            x, _ = sf.read(out / "input" / f"{split}.wav", dtype="float32")
+            x, _ = sf.read(out / inputs[split][i], dtype="float32")
             y, sr = sf.read(out / state["passes"][i]["targets"][split], dtype="float32")
             assert sr == 48000 and len(x) == len(y) == b - a
             np.testing.assert_array_equal(x, played[a:b].astype(np.float32))

@@ -71,6 +71,17 @@ def test_the_signal_is_versioned_and_made_the_same_every_time():
     assert np.array_equal(ra, rb) and np.array_equal(a.region("clicks_a"), a.region("clicks_b"))
     (s0, s1), (v0, v1), (t0, t1) = a.split_ranges().values()
     assert s1 == v0 and v1 == t0  # three stretches, no overlap
+    # another program: other program parts, every fixed part (clicks, quiet, repeats, gaps) the same
+    c = make_signal(8.0, program=3)
+    assert c.regions == a.regions and np.array_equal(c.audio, make_signal(8.0, program=3).audio)
+    for name, (lo, hi) in a.regions.items():
+        same = np.array_equal(a.audio[lo:hi], c.audio[lo:hi])
+        assert same == (name not in ("train", "val", "test")), name
+    corr = np.corrcoef(a.region("train"), c.region("train"))[0, 1]
+    assert abs(corr) < 0.1, corr
+    for k in range(12):  # a short part all rests is drawn again (programs 2 and 3 at 6 s were silent in a split)
+        s = make_signal(6.0, program=k)
+        assert min(float(np.abs(s.audio[lo:hi]).max()) for lo, hi in s.split_ranges().values()) > 0.01, k
 
 
 @pytest.fixture

@@ -52,10 +52,12 @@ def test_a_capture_folder_passes_the_recordings_checks_and_its_targets_are_align
     # the capture removed the chain's latency and nothing else: each target is the drive's output to
     # its input, up to the noise floor (its filters' own delay, which a correlation would call a
     # latency of 1..113 samples here, stays in for the model to learn)
-    played = capture.signal.audio * capture.level
     for i, values in enumerate(capture.state["plan"]):
-        ref = CATALOGUE["drive"].render(played, 48000, values)
-        for split, (a, b) in capture.signal.split_ranges().items():
+        sig = capture.signal_for(i)  # each setting its own program
+        ref = CATALOGUE["drive"].render(sig.audio * capture.level, 48000, values)
+        for split, (a, b) in sig.split_ranges().items():
+            x, _ = sf.read(capture.root / capture.input_name(i, split), dtype="float32")
+            np.testing.assert_allclose(x, sig.audio[a:b] * capture.level, rtol=0, atol=1e-7)
             y, _ = sf.read(capture.root / capture.state["passes"][i]["targets"][split], dtype="float32")
             err = 10 * np.log10(np.sum((y - ref[a:b]) ** 2) / np.sum(ref[a:b] ** 2) + 1e-30)
             assert err < -100, (i, split, err)
@@ -69,8 +71,8 @@ def test_a_capture_folder_loads_with_its_knobs_and_splits(capture):
     train = PairSet(capture.root, "Train")
     assert len(train.pairs) == 4
     assert sorted(tuple(p.knobs) for p in train.pairs) == sorted(tuple(v) for v in capture.state["plan"])
-    # every split's input is its own stretch of the signal (no audio in two splits)
-    assert len({p.source for p in info.pairs}) == 3
+    # every split's input is its own stretch of its setting's program (no audio in two splits or settings)
+    assert len({p.source for p in info.pairs}) == 3 * 4
 
 
 def test_a_knob_knocked_during_a_pass_and_a_humming_cable_are_caught(capture):
