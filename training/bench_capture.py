@@ -1,14 +1,16 @@
 """Benchmark: how many captured knob settings does a model need, and does the plan matter?
 
     python -m training.bench_capture [--effects comp4 drive] [--settings 8 16 32 64]
-                                     [--plans lhs lhs0 random] [--minutes 3] [--seconds 60] [--programs 1]
+                                     [--plans lhs lhs0 random active] [--minutes 3] [--seconds 60] [--programs 1]
                                      [--nearest]
 
 For each effect, captures are made the way ``python -m device capture`` makes them (the same
 signal, checks and writer, device/capture), with the catalogue effect standing in for the pedal
 and the audio made offline (a chain latency of ``LATENCY`` samples and a -90 dBFS noise floor in
 place of the box and its cables): one capture per number of settings and plan (Latin hypercube,
-or uniform random draws), each trained for ``--minutes``; every model is then tested on one more
+uniform random draws, or active: half by hypercube, the rest proposed where an ensemble trained on
+that half disagrees, as ``python -m training.propose`` and ``device capture --add`` do), each
+trained for ``--minutes``; every model is then tested on one more
 capture at ``--test-settings`` random settings none of them saw (seeded apart), on its Test part
 (audio no model trained on; the held-out capture plays one program at all its settings, so rows
 with any ``--programs`` are tested alike). Results: out/bench/capture.json and a markdown table
@@ -50,15 +52,7 @@ def simulate_capture(effect, root: Path, plan: list, seconds: float = 60.0, late
     through device/capture's checks and writer: a reference pass (the signal looped back), then one
     pass per setting, each playing its program (``programs`` as ``device capture --programs``).
     Every pass must pass the checks."""
-    rng = np.random.default_rng(seed)
-
-    def back(x: np.ndarray) -> np.ndarray:
-        rec = np.zeros(len(x) + int(Limits().max_latency_ms * 48) + latency, np.float32)
-        rec[latency:latency + len(x)] = x
-        if noise_dbfs is not None:
-            rec += (10 ** (noise_dbfs / 20) * rng.standard_normal(len(rec))).astype(np.float32)
-        return rec
-
+    back = simulate_back(seed, latency, noise_dbfs)
     root.mkdir(parents=True, exist_ok=True)
     name = name or effect.name
     cap = Capture.create(root, name, f"{name}: {effect.name} captured offline", list(effect.knobs), plan,
@@ -67,6 +61,14 @@ def simulate_capture(effect, root: Path, plan: list, seconds: float = 60.0, late
     if not ref.ok:
         raise RuntimeError(f"{root}: reference refused: {ref.problems}")
     cap.record_reference(ref)
+    capture_pending(cap, effect, back)
+    log(f"{root}: {len(plan)} settings captured offline")
+    return cap
+
+
+def capture_pending(cap: Capture, effect, back) -> None:
+    """Every pending pass of ``cap``, offline: ``back(played)`` is what the box records of it."""
+    plan = cap.state["plan"]
     for i in cap.pending:
         sig = cap.signal_for(i)
         rec = back(effect.render(sig.audio * cap.level, 48000, plan[i]))
@@ -74,8 +76,59 @@ def simulate_capture(effect, root: Path, plan: list, seconds: float = 60.0, late
         if not check.ok:
             raise RuntimeError(f"{root}: pass {i + 1} at {plan[i]} refused: {check.problems}")
         cap.record_attempt(i, check, rec, keep_raw=False)
-    log(f"{root}: {len(plan)} settings captured offline")
-    return cap
+
+
+def train_run(data: Path, run: Path, seed: int, a, log=print) -> dict:
+    s = train(TrainConfig(data=str(data), out=str(run), minutes=a.minutes, clock=a.clock, threads=a.threads,
+                          seed=seed, val_every_s=max(10.0, a.minutes * 60 / 15)), log=log)
+    if s["interrupted"]:  # a benchmark stopped by a signal records no row for the training it cut short
+        raise SystemExit(f"{run}: training interrupted ({s['interrupted']}) after {s['steps']} steps: no row recorded")
+    return s
+
+
+def active_capture(effect, data: Path, n: int, a, log=print) -> dict:
+    """The active plan, as a user runs it: a first capture of half the settings (Latin hypercube),
+    an ensemble of ``ENSEMBLE`` models trained on it (seeds apart, each at the budget), then the
+    other half where they disagree most (training/propose.py, through ``device capture --add``'s
+    own code), captured too. -> what it took."""
+    from device.capture.session import Capture, add_settings
+
+    from .propose import FORMAT, propose
+    from .train import load_checkpoint
+    specs = list(effect.knobs)
+    first = n // 2
+    cap = simulate_capture(effect, data, make_plan(specs, first, **plan_kwargs("lhs", a.seed)), a.seconds,
+                           programs=a.programs, log=log)
+    models, steps = [], []
+    for k in range(ENSEMBLE):
+        run = a.out / "runs" / f"{data.name}-first-s{k}"
+        steps.append(train_run(data, run, a.seed + k, a, log)["steps"])
+        models.append(load_checkpoint(run / "best.pt")[0])
+    x = cap.signal.region("val")[: int(4.0 * cap.signal.sample_rate)] * cap.level
+    settings, scores = propose(specs, models, x, cap.state["plan"], n - first, seed=a.seed)
+    f = data / "proposed.json"
+    f.write_text(json.dumps({"format": FORMAT, "knobs": [k.name for k in specs], "settings": settings}))
+    added = add_settings(Capture.load(data), f)
+    cap = Capture.load(data)
+    capture_pending(cap, effect, simulate_back(a.seed))
+    log(f"{data}: {first} + {added} proposed settings captured offline")
+    return {"first_settings": first, "proposed": added, "ensemble_steps": steps,
+            "disagreement": [round(s, 4) for s in scores]}
+
+
+def simulate_back(seed: int, latency: int = LATENCY, noise_dbfs: float | None = NOISE_DBFS):
+    rng = np.random.default_rng(seed)
+
+    def back(x: np.ndarray) -> np.ndarray:
+        rec = np.zeros(len(x) + int(Limits().max_latency_ms * 48) + latency, np.float32)
+        rec[latency:latency + len(x)] = x
+        if noise_dbfs is not None:
+            rec += (10 ** (noise_dbfs / 20) * rng.standard_normal(len(rec))).astype(np.float32)
+        return rec
+    return back
+
+
+ENSEMBLE = 2  # models whose disagreement picks the active plan's second half
 
 
 def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dict:
@@ -83,27 +136,30 @@ def run_one(effect, n: int, plan_kind: str, a, test_dir: Path, log=print) -> dic
     data = a.out / "data" / tag
     if data.exists():
         shutil.rmtree(data)
-    plan = make_plan(list(effect.knobs), n, **plan_kwargs(plan_kind, a.seed))
-    simulate_capture(effect, data, plan, a.seconds, programs=a.programs, log=log)
+    extra = {}
+    if plan_kind == "active":
+        extra = active_capture(effect, data, n, a, log)
+    else:
+        plan = make_plan(list(effect.knobs), n, **plan_kwargs(plan_kind, a.seed))
+        simulate_capture(effect, data, plan, a.seconds, programs=a.programs, log=log)
     run = a.out / "runs" / f"capture-{tag}"
     t0 = time.time()
-    s = train(TrainConfig(data=str(data), out=str(run), minutes=a.minutes, clock=a.clock, threads=a.threads,
-                          seed=a.seed, val_every_s=max(10.0, a.minutes * 60 / 15)), log=log)
-    if s["interrupted"]:  # a benchmark stopped by a signal records no row for the training it cut short
-        raise SystemExit(f"{run}: training interrupted ({s['interrupted']}) after {s['steps']} steps: no row recorded")
+    s = train_run(data, run, a.seed, a, log)
     rep = evaluate(run / "best.pt", test_dir, run, log=log)["summary"]
     if not a.keep_data:
         shutil.rmtree(data)
     row = {"effect": effect.name, "plan": plan_kind, "settings": n, "minutes": a.minutes, "clock": a.clock,
            "seconds": a.seconds, "programs": a.programs,
            "steps": s["steps"], "wall_s": round(time.time() - t0, 1),
-           **{k: rep[k] for k in ("esr_mean", "esr_median", "esr_worst", "dry_esr_mean", "test_settings")}}
+           **{k: rep[k] for k in ("esr_mean", "esr_median", "esr_worst", "dry_esr_mean", "test_settings")}, **extra}
     log(json.dumps(row))
     return row
 
 
 PLANS = {"lhs": "Latin hypercube, 5 values per knob (the capture's default)",
-         "lhs0": "Latin hypercube, a value per setting (--levels 0)", "random": "uniform random draws"}
+         "lhs0": "Latin hypercube, a value per setting (--levels 0)", "random": "uniform random draws",
+         "active": f"half the settings by Latin hypercube, then the other half where an ensemble of {ENSEMBLE} models "
+                   "trained on the first half disagrees most (training/propose.py; the ensemble's training is extra)"}
 
 
 def plan_kwargs(kind: str, seed: int) -> dict:
@@ -166,7 +222,7 @@ def run_nearest(a) -> list[dict]:
                for s in test_plan]
         probes = np.random.default_rng(20_000 + a.seed).uniform(0, 1, (4000, len(specs)))
         for n in a.settings:
-            for kind in a.plans:
+            for kind in [k for k in a.plans if k != "active"]:  # the active plan needs models: not a lookup
                 runs = [nearest_setting(effect, n, kind, a.seed + s, test_plan, render, test_range, probes)
                         for s in range(a.plan_seeds)]
                 row = {"effect": name, "plan": kind, "settings": n, "plan_seeds": a.plan_seeds,
