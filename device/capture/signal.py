@@ -278,7 +278,10 @@ def click_burst(sr: int) -> np.ndarray:
     return CLICK_LEVEL * b / np.abs(b).max()
 
 
-def clicks(sr: int, seconds: float = 0.5) -> np.ndarray:
+CLICKS_S = 0.5
+
+
+def clicks(sr: int, seconds: float = CLICKS_S) -> np.ndarray:
     out = np.zeros(int(seconds * sr))
     burst = click_burst(sr)
     at = int(0.05 * sr)
@@ -303,6 +306,22 @@ FIXED_S = {"lead_in": 0.5, "quiet": 1.5, "repeat": 3.0, "gap": 1.0, "gap_b": 0.5
 FIXED_SHORT_S = {"lead_in": 0.2, "quiet": 0.6, "repeat": 1.0, "gap": 0.4, "gap_b": 0.3, "tail": 0.3}
 
 
+def _program_seconds(seconds: float) -> float:
+    """How much of a ``seconds`` signal is program (train + val + test)."""
+    fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
+    fixed_s = fx["lead_in"] + 2 * CLICKS_S + fx["quiet"] + 2 * fx["repeat"] + fx["gap"] + fx["gap_b"] + fx["tail"]
+    return max(seconds - fixed_s, 1.5)
+
+
+def dataset_bytes(seconds: float, settings: int, programs: int = 0, sample_rate: int = SAMPLE_RATE) -> int:
+    """About what a capture of ``settings`` takes on disk (float WAVs: targets per setting, inputs
+    per program; ``programs`` as ``device capture --programs``)."""
+    fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
+    per_setting = 4 * sample_rate * (fx["repeat"] + _program_seconds(seconds))  # Train + Val + Test
+    inputs = settings if programs == 0 else min(programs, settings)
+    return int(per_setting * (settings + inputs))
+
+
 def make_signal(seconds: float = 60.0, seed: int = 0, sample_rate: int = SAMPLE_RATE, program: int = 0) -> CaptureSignal:
     """The capture signal of about ``seconds`` (at least MIN_SECONDS; under 30 s the fixed parts
     are shortened too, for tests), its program parts drawn as ``program`` (0: the first draw)."""
@@ -313,9 +332,7 @@ def make_signal(seconds: float = 60.0, seed: int = 0, sample_rate: int = SAMPLE_
     sr = sample_rate
     fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
     rep = repeat_section(sr)[: int(fx["repeat"] * sr)]
-    click_s = len(clicks(sr)) / sr
-    fixed_s = fx["lead_in"] + 2 * click_s + fx["quiet"] + 2 * len(rep) / sr + fx["gap"] + fx["gap_b"] + fx["tail"]
-    prog_s = max(seconds - fixed_s, 1.5)
+    prog_s = _program_seconds(seconds)
     rngs = [np.random.default_rng([seed, i] + ([program] if program else [])) for i in range(3)]
     z = lambda key: np.zeros(int(fx[key] * sr))
 

@@ -107,6 +107,7 @@ def plan_preview(knobs: list[str], settings: int, seconds: float) -> dict:
     import numpy as np
 
     from device.capture.plan import format_value, make_plan, moves, parse_knob
+    from device.capture.signal import dataset_bytes
     if not knobs:
         raise Refused(400, "name the pedal's knobs first, one per line: drive=0..10, tone=clock, time_ms=40..800,ms,log")
     specs = [parse_knob(k) for k in knobs]
@@ -118,7 +119,8 @@ def plan_preview(knobs: list[str], settings: int, seconds: float) -> dict:
             "plan": [[format_value(k, v) for k, v in zip(specs, s)] for s in plan],
             "knobs_moved_per_pass": round(float(np.mean(moves(plan))) if n > 1 else 0.0, 2),
             # the signal per setting plus a reference pass of 2.5 s; setting the knobs is the player's time
-            "playing_s": round(n * seconds + 2.5)}
+            "playing_s": round(n * seconds + 2.5),
+            "disk_bytes": dataset_bytes(seconds, n)}  # a program per setting, the command's default
 
 
 def _finite(v):

@@ -206,6 +206,7 @@ def test_the_plan_is_shown_before_anything_plays(rig, page):
     summary = wait(page, lambda d: d.find_element(By.ID, "capture-plan-summary"), what="the plan")
     assert summary.get_attribute("data-settings") == str(SETTINGS)
     assert f"{SETTINGS} settings of 3 knobs" in summary.text and "6 s of signal each" in summary.text
+    assert "about 3 MB on the card" in summary.text, summary.text  # 3 settings of 6 s, inputs and targets
     rows = page.find_elements(By.CSS_SELECTOR, "#capture-plan tr[data-setting]")
     specs = [parse_knob(k) for k in KNOBS]
     want = [[format_value(k, v) for k, v in zip(specs, s)] for s in make_plan(specs, SETTINGS)]

@@ -307,6 +307,8 @@ def test_the_capture_plan_is_the_commands_own_and_a_capture_needs_the_daemons_co
     plan = r.json()
     specs = [parse_knob(k) for k in knobs]
     assert plan["settings"] == 12 and len(plan["plan"]) == 12 and plan["playing_s"] == round(12 * 30 + 2.5)
+    # inputs and targets per setting, float32: the Train, Val and Test parts of a 30 s signal (22 s)
+    assert plan["disk_bytes"] == int(4 * 48000 * 22.0 * 2 * 12)
     assert plan["plan"] == [[format_value(k, v) for k, v in zip(specs, s)] for s in make_plan(specs, 12)]
     assert [k["label"] for k in plan["knobs"]] == ["drive", "tone [o'clock]", "time_ms [ms]"]
     r = box.post("/api/capture/plan", json={"knobs": ["drive=0..10"]}, headers=h)  # default: 5 per knob, at least 10

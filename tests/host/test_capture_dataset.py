@@ -63,6 +63,14 @@ def test_a_capture_folder_passes_the_recordings_checks_and_its_targets_are_align
             assert err < -100, (i, split, err)
 
 
+def test_the_disk_a_capture_takes_is_what_the_plan_says(capture):
+    from device.capture.signal import dataset_bytes
+    wavs = sum(f.stat().st_size for sub in ("input", "target") for f in (capture.root / sub).glob("*.wav"))
+    estimate = dataset_bytes(SECONDS, 4)
+    print(f"4 settings of a {SECONDS:g} s signal: {wavs} bytes of WAV, estimated {estimate}")
+    assert abs(wavs - estimate) < 0.001 * estimate
+
+
 def test_a_capture_folder_loads_with_its_knobs_and_splits(capture):
     info = read_dataset(capture.root)
     assert info.effect == "my_drive" and info.latency_samples == 0

@@ -285,7 +285,8 @@ $("capture-preview").addEventListener("click", async () => {
   p.dataset.settings = String(r.settings);
   p.textContent = `${r.settings} settings of ${r.knobs.length} knob${r.knobs.length > 1 ? "s" : ""}, ` +
     `${r.seconds_per_setting} s of signal each: about ${duration(r.playing_s)} of playing, plus the time to set ` +
-    `the knobs (${r.knobs_moved_per_pass} move per setting on average)`;
+    `the knobs (${r.knobs_moved_per_pass} move per setting on average); about ` +
+    (r.disk_bytes < 1e9 ? `${Math.round(r.disk_bytes / 1e6)} MB` : `${(r.disk_bytes / 1e9).toFixed(1)} GB`) + " on the card";
   box.append(p, planTable(r.knobs.map((k) => k.label), r.plan));
 });
 
