@@ -39,7 +39,7 @@ import numpy as np
 from ..knobspec import KnobSpec
 from .checks import Limits, PassCheck, ReferenceCheck, check_pass, check_reference, early_stop
 from .plan import extend_plan, format_value, make_plan, moves, parse_knob, read_knobs_toml
-from .signal import SIGNAL_VERSION, CaptureSignal, make_signal
+from .signal import SIGNAL_VERSION, CaptureSignal, dataset_bytes, make_signal
 
 FORMAT = "signaltrain-pi capture"
 SPLITS = ("Train", "Val", "Test")
@@ -334,6 +334,10 @@ class Confirm:
             self.footswitch.close()
 
 
+def size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.0f} MB" if n_bytes < 1e9 else f"{n_bytes / 1e9:.1f} GB"
+
+
 def prompt_text(cap: Capture, index: int, previous: list[float] | None, redo: bool) -> str:
     n = len(cap.state["plan"])
     setting = cap.state["plan"][index]
@@ -443,7 +447,9 @@ def run(a) -> int:
                              a.programs)
         print(f"capture {out}: {effect}, {n} settings of {len(specs)} knobs ({a.plan}, "
               f"{a.levels or n} values per knob, {info['knobs_moved_per_pass']} knobs move per pass on average), "
-              f"signal {SIGNAL_VERSION} {len(cap.signal.audio) / rate:.0f} s at {a.level_db:+.1f} dB", flush=True)
+              f"signal {SIGNAL_VERSION} {len(cap.signal.audio) / rate:.0f} s at {a.level_db:+.1f} dB, "
+              f"{'a program per setting' if a.programs == 0 else f'{a.programs} program(s)'}: about "
+              f"{size_text(dataset_bytes(a.seconds, n, a.programs, rate))} on disk", flush=True)
     confirm = None if a.yes else Confirm(footswitch)
     try:
         return Session(cap, make_duplex, confirm, a.priority, a.max_attempts, a.keep_raw).run(out)
