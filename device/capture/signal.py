@@ -257,6 +257,8 @@ def program_part(rng, seconds: float, sr: int, item_s: float = 4.0) -> np.ndarra
     while at < n:
         dur = min(item_s * rng.uniform(0.75, 1.25), (n - at) / sr)
         item = KINDS[order[i % len(order)]](rng, dur, sr)
+        if not len(item):  # the part's last sliver, under a sample (programs 1..: program 0 never met one)
+            break
         level = rng.choice([-30.0, -18.0, -10.0, PEAK_DBFS]) if i >= len(order) else [-18.0, -6.0][i % 2]
         item = _normalize(item, level)
         out[at:at + len(item)] = item[:n - at]

@@ -82,6 +82,10 @@ def test_the_signal_is_versioned_and_made_the_same_every_time():
     for k in range(12):  # a short part all rests is drawn again (programs 2 and 3 at 6 s were silent in a split)
         s = make_signal(6.0, program=k)
         assert min(float(np.abs(s.audio[lo:hi]).max()) for lo, hi in s.split_ranges().values()) > 0.01, k
+    # a part whose last item would be under a sample long ends there (program 29 at 60 s stopped with
+    # "zero-size array" when a 64-setting capture reached it)
+    s = make_signal(60.0, program=29)
+    assert min(float(np.abs(s.audio[lo:hi]).max()) for lo, hi in s.split_ranges().values()) > 0.01
 
 
 @pytest.fixture
