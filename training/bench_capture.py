@@ -74,7 +74,7 @@ def capture_pending(cap: Capture, effect, back) -> None:
         rec = back(effect.render(sig.audio * cap.level, 48000, plan[i]))
         check = check_pass(sig, rec, cap.level, Limits(), cap.state["latency_samples"])
         if not check.ok:
-            raise RuntimeError(f"{root}: pass {i + 1} at {plan[i]} refused: {check.problems}")
+            raise RuntimeError(f"{cap.root}: pass {i + 1} at {plan[i]} refused: {check.problems}")
         cap.record_attempt(i, check, rec, keep_raw=False)
 
 
@@ -91,7 +91,7 @@ def active_capture(effect, data: Path, n: int, a, log=print) -> dict:
     an ensemble of ``ENSEMBLE`` models trained on it (seeds apart, each at the budget), then the
     other half where they disagree most (training/propose.py, through ``device capture --add``'s
     own code), captured too. -> what it took."""
-    from device.capture.session import Capture, add_settings
+    from device.capture.session import add_settings
 
     from .propose import FORMAT, propose
     from .train import load_checkpoint
@@ -108,8 +108,7 @@ def active_capture(effect, data: Path, n: int, a, log=print) -> dict:
     settings, scores = propose(specs, models, x, cap.state["plan"], n - first, seed=a.seed)
     f = data / "proposed.json"
     f.write_text(json.dumps({"format": FORMAT, "knobs": [k.name for k in specs], "settings": settings}))
-    added = add_settings(Capture.load(data), f)
-    cap = Capture.load(data)
+    added = add_settings(cap, f)  # appends to cap's plan and saves it, as on the box
     capture_pending(cap, effect, simulate_back(a.seed))
     log(f"{data}: {first} + {added} proposed settings captured offline")
     return {"first_settings": first, "proposed": added, "ensemble_steps": steps,

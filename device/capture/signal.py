@@ -308,9 +308,14 @@ FIXED_S = {"lead_in": 0.5, "quiet": 1.5, "repeat": 3.0, "gap": 1.0, "gap_b": 0.5
 FIXED_SHORT_S = {"lead_in": 0.2, "quiet": 0.6, "repeat": 1.0, "gap": 0.4, "gap_b": 0.3, "tail": 0.3}
 
 
+def _fixed(seconds: float) -> dict:
+    """The fixed parts' lengths: a full signal's, or under 30 s a short one's."""
+    return FIXED_S if seconds >= 30 else FIXED_SHORT_S
+
+
 def _program_seconds(seconds: float) -> float:
     """How much of a ``seconds`` signal is program (train + val + test)."""
-    fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
+    fx = _fixed(seconds)
     fixed_s = fx["lead_in"] + 2 * CLICKS_S + fx["quiet"] + 2 * fx["repeat"] + fx["gap"] + fx["gap_b"] + fx["tail"]
     return max(seconds - fixed_s, 1.5)
 
@@ -318,7 +323,7 @@ def _program_seconds(seconds: float) -> float:
 def dataset_bytes(seconds: float, settings: int, programs: int = 0, sample_rate: int = SAMPLE_RATE) -> int:
     """About what a capture of ``settings`` takes on disk (float WAVs: targets per setting, inputs
     per program; ``programs`` as ``device capture --programs``)."""
-    fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
+    fx = _fixed(seconds)
     per_setting = 4 * sample_rate * (fx["repeat"] + _program_seconds(seconds))  # Train + Val + Test
     inputs = settings if programs == 0 else min(programs, settings)
     return int(per_setting * (settings + inputs))
@@ -332,7 +337,7 @@ def make_signal(seconds: float = 60.0, seed: int = 0, sample_rate: int = SAMPLE_
     if program < 0:
         raise ValueError(f"capture signal: program = {program} (0 or more)")
     sr = sample_rate
-    fx = FIXED_S if seconds >= 30 else FIXED_SHORT_S
+    fx = _fixed(seconds)
     rep = repeat_section(sr)[: int(fx["repeat"] * sr)]
     prog_s = _program_seconds(seconds)
     rngs = [np.random.default_rng([seed, i] + ([program] if program else [])) for i in range(3)]
